@@ -1,0 +1,180 @@
+"""The HTTP edge: routes, status codes and the WSGI ``application``.
+
+``POST /issue`` checks the delivery, parses it, stores it durably and answers; talking to Trello
+is the worker's job (``worker.py``), never the request's. GitLab waits 10 s and never retries, so
+the answer only depends on the local disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bottle import Bottle, HTTPResponse, request, response
+
+import config as config_module
+import gitlab
+from store import Store, StoreError
+
+log = logging.getLogger("gitlab2trello.server")
+
+
+def _text(status: int, message: str, **headers: str) -> HTTPResponse:
+    return HTTPResponse(
+        message.rstrip("\n") + "\n",
+        status=status,
+        headers={"Content-Type": "text/plain; charset=utf-8", **headers},
+    )
+
+
+def _json(status: int, payload: dict[str, Any]) -> HTTPResponse:
+    return HTTPResponse(
+        json.dumps(payload),
+        status=status,
+        headers={"Content-Type": "application/json"},
+    )
+
+
+def make_app(
+    cfg: config_module.Config,
+    store: Store | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> Bottle:
+    """Build the WSGI application for one configuration."""
+    store = store or Store(
+        cfg.database,
+        synchronous=cfg.store["synchronous"],
+        busy_timeout_ms=cfg.store["busy_timeout_ms"],
+    )
+    try:
+        store.setup()
+    except StoreError as exc:  # keep serving: /healthz and /issue answer 503 until it works
+        log.error("%s", exc)
+    max_body = int(cfg.server["max_body_bytes"])
+    secret_token = cfg.gitlab["secret_token"]
+    signing_token = cfg.gitlab["signing_token"]
+    tolerance = cfg.gitlab["signature_tolerance"]
+    types = tuple(cfg.gitlab["types"])
+    app = Bottle(catchall=True, autojson=False)
+
+    @app.post("/issue")
+    def issue() -> HTTPResponse:
+        length = request.content_length
+        if length > max_body:
+            return _text(413, f"body larger than {max_body} bytes")
+        body = request.body.read(max_body + 1)
+        if len(body) > max_body:
+            return _text(413, f"body larger than {max_body} bytes")
+        headers = request.headers
+        try:
+            gitlab.authenticate(
+                headers,
+                body,
+                secret_token=secret_token,
+                signing_token=signing_token,
+                now=clock(),
+                tolerance=tolerance,
+            )
+        except gitlab.Unauthorized as exc:
+            log.warning("delivery refused: %s (from %s)", exc, request.remote_addr)
+            return _text(401, str(exc))
+        try:
+            parsed = gitlab.parse_delivery(headers, body, types=types)
+        except gitlab.BadDelivery as exc:
+            log.warning("delivery rejected: %s", exc)
+            return _text(400, str(exc))
+        if isinstance(parsed, gitlab.Ignored):
+            log.info("delivery ignored: %s", parsed.reason)
+            return _json(200, {"status": "ignored", "reason": parsed.reason})
+        event = parsed.event
+        try:
+            delivery_id, created = store.add_delivery(
+                parsed.dedupe_key,
+                event.issue_key,
+                event.to_json(),
+                kind="note" if event.note else "issue",
+                updated_at=event.updated_at,
+                now=clock(),
+            )
+        except StoreError as exc:
+            log.error("delivery not stored: %s", exc)
+            return _text(503, "cannot store the delivery right now; nothing was accepted")
+        if not created:
+            log.info("%s -> duplicate of delivery %d", event.describe, delivery_id)
+            return _json(200, {"status": "duplicate", "delivery": delivery_id})
+        log.info("%s -> queued (delivery %d)", event.describe, delivery_id)
+        return _json(202, {"status": "queued", "delivery": delivery_id})
+
+    @app.get("/hello/<name>")
+    def hello(name: str) -> str:
+        response.content_type = "text/plain; charset=utf-8"
+        return f"Hello {name}!\n"
+
+    @app.get("/healthz")
+    def healthz() -> HTTPResponse:
+        try:
+            counts = store.health()
+        except StoreError as exc:
+            return _json(
+                503,
+                {"status": "error", "store": f"unavailable: {exc}", "trello_configured": False},
+            )
+        payload = {
+            "status": "ok",
+            "store": "ok",
+            **counts,
+            "trello_configured": cfg.trello_configured,
+        }
+        if not cfg.trello_configured:
+            payload["warning"] = "Trello is not configured: deliveries wait in the store"
+        return _json(200, payload)
+
+    def plain_error(error: Any) -> str:
+        response.content_type = "text/plain; charset=utf-8"
+        if error.status_code == 404:
+            return f"not found: {request.path}\n"
+        if error.status_code == 405:
+            return f"method {request.method} not allowed on {request.path}\n"
+        return f"{error.status_line}\n"
+
+    for status in (400, 404, 405, 413, 500):
+        app.error(status)(plain_error)
+    return app
+
+
+def _startup_warnings(cfg: config_module.Config) -> None:
+    if not cfg.gitlab["secret_token"] and not cfg.gitlab["signing_token"]:
+        log.warning(
+            "neither [gitlab] secret_token nor signing_token is set: every delivery is accepted"
+        )
+    if not cfg.trello_configured:
+        log.warning("Trello is not configured: deliveries are stored and wait until it is")
+
+
+def _first_process() -> bool:
+    try:
+        import uwsgi  # type: ignore[import-not-found]
+    except ImportError:
+        return True
+    return uwsgi.worker_id() <= 1
+
+
+def create_application() -> Bottle:
+    """The service's application, from ``config.ini`` and the environment."""
+    cfg = config_module.load()
+    logging.basicConfig(
+        level=cfg.server["log_level"].upper(), format="%(asctime)s %(name)s %(message)s"
+    )
+    if _first_process():
+        _startup_warnings(cfg)
+    return make_app(cfg)
+
+
+application = create_application()
+
+if __name__ == "__main__":
+    application.run(host="127.0.0.1", port=8080)

@@ -1,0 +1,476 @@
+"""The SQLite schema and every query: deliveries, the issue-to-card map, dead letters.
+
+Durability rules:
+- WAL journal, ``synchronous=FULL`` by default: a delivery answered 2xx survives a power cut.
+- Every write is one short ``BEGIN IMMEDIATE`` transaction, taken under an exclusive ``flock`` on a
+  lock file beside the database, so writers from several uWSGI processes queue on the kernel's
+  lock (they sleep until it is free) instead of polling SQLite's busy handler.
+- Connections are opened lazily, one per thread and process, so none crosses uWSGI's fork.
+- Deliveries that arrive while a write is under way are committed together by the next writer
+  (group commit), so several acknowledgements share one fsync.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    id          INTEGER PRIMARY KEY,
+    dedupe_key  TEXT NOT NULL UNIQUE,
+    issue_key   TEXT NOT NULL,
+    kind        TEXT NOT NULL DEFAULT 'issue',
+    updated_at  REAL,
+    event       TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'pending',   -- pending | done | dead
+    outcome     TEXT,                              -- applied | merged | stale | reason of death
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS deliveries_pending
+    ON deliveries (issue_key, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (id) WHERE state = 'dead';
+CREATE TABLE IF NOT EXISTS issues (
+    issue_key          TEXT PRIMARY KEY,
+    card_id            TEXT,
+    board_id           TEXT,
+    applied            TEXT,       -- JSON: the card fields as last written
+    applied_updated_at REAL,       -- updated_at of the newest event applied
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    first_failure_at   REAL,
+    next_attempt_at    REAL,
+    last_error         TEXT,
+    changed_at         REAL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT
+);
+"""
+
+
+class StoreError(Exception):
+    """The database cannot be used (answered 503 at the edge)."""
+
+
+@dataclass(frozen=True)
+class PendingDelivery:
+    id: int
+    kind: str
+    event: str
+    updated_at: float | None
+    received_at: float
+    attempts: int
+
+
+@dataclass(frozen=True)
+class IssueRow:
+    issue_key: str
+    card_id: str | None
+    board_id: str | None
+    applied: dict[str, Any] | None
+    applied_updated_at: float | None
+    attempts: int
+    first_failure_at: float | None
+
+
+@dataclass
+class _Waiter:
+    dedupe_key: str
+    issue_key: str
+    kind: str
+    updated_at: float | None
+    event: str
+    received_at: float
+    result: tuple[int, bool] | None = None
+    error: BaseException | None = None
+
+
+class Store:
+    """All access to the bridge's SQLite file."""
+
+    def __init__(
+        self, path: Path | str, *, synchronous: str = "FULL", busy_timeout_ms: int = 10000
+    ) -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._lock_fd: int | None = None
+        self._lock_pid: int | None = None
+        self._thread_lock = threading.Lock()
+        # group commit: deliveries waiting for the next writer
+        self._queue: list[_Waiter] = []
+        self._queue_cond = threading.Condition()
+        self._leader = False
+
+    # ------------------------------------------------------------------ connections
+
+    def setup(self) -> None:
+        """Create folders, the file (mode 0600) and the schema; raise ``StoreError`` on failure."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():
+                fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+                os.close(fd)
+            with self._write() as conn:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot use database {self.path}: {exc}") from exc
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+        self._local.conn = conn
+        self._local.pid = os.getpid()
+        return conn
+
+    def _file_lock(self) -> int:
+        if self._lock_fd is None or self._lock_pid != os.getpid():
+            self._lock_fd = os.open(f"{self.path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+            self._lock_pid = os.getpid()
+        return self._lock_fd
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction, serialised across threads and processes."""
+        conn = self._conn()
+        with self._thread_lock:
+            fd = self._file_lock()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # ------------------------------------------------------------------ the edge
+
+    def add_delivery(
+        self,
+        dedupe_key: str,
+        issue_key: str,
+        event_json: str,
+        *,
+        kind: str = "issue",
+        updated_at: float | None = None,
+        now: float | None = None,
+    ) -> tuple[int, bool]:
+        """Store one delivery durably; return (id, created). ``created`` is False for a repeat.
+
+        Callers that arrive while another thread is committing join the next batch: one
+        transaction and one fsync for all of them.
+        """
+        waiter = _Waiter(
+            dedupe_key, issue_key, kind, updated_at, event_json, time.time() if now is None else now
+        )
+        with self._queue_cond:
+            self._queue.append(waiter)
+            while waiter.result is None and waiter.error is None and self._leader:
+                self._queue_cond.wait()
+            if waiter.result is not None or waiter.error is not None:
+                return self._outcome(waiter)
+            self._leader = True
+            batch, self._queue = self._queue, []
+        try:
+            self._commit_batch(batch)
+        except BaseException as exc:  # every waiter of the batch sees the failure
+            for item in batch:
+                item.error = exc
+        finally:
+            with self._queue_cond:
+                self._leader = False
+                self._queue_cond.notify_all()
+        return self._outcome(waiter)
+
+    @staticmethod
+    def _outcome(waiter: _Waiter) -> tuple[int, bool]:
+        if waiter.error is not None:
+            if isinstance(waiter.error, sqlite3.Error | OSError):
+                raise StoreError(f"cannot store delivery: {waiter.error}") from waiter.error
+            raise waiter.error
+        assert waiter.result is not None
+        return waiter.result
+
+    def _commit_batch(self, batch: Sequence[_Waiter]) -> None:
+        results: list[tuple[int, bool]] = []
+        with self._write() as conn:
+            for item in batch:
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO deliveries"
+                    " (dedupe_key, issue_key, kind, updated_at, event, received_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        item.dedupe_key,
+                        item.issue_key,
+                        item.kind,
+                        item.updated_at,
+                        item.event,
+                        item.received_at,
+                    ),
+                )
+                if cursor.rowcount == 1:
+                    results.append((int(cursor.lastrowid or 0), True))
+                else:
+                    row = conn.execute(
+                        "SELECT id FROM deliveries WHERE dedupe_key = ?", (item.dedupe_key,)
+                    ).fetchone()
+                    results.append((int(row[0]), False))
+        for item, result in zip(batch, results, strict=True):
+            item.result = result
+
+    def health(self) -> dict[str, Any]:
+        """Counts for ``/healthz``; raises ``StoreError`` when the database cannot be read."""
+        try:
+            conn = self._conn()
+            counts = dict(
+                conn.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall()
+            )
+            cards = conn.execute(
+                "SELECT COUNT(*) FROM issues WHERE card_id IS NOT NULL"
+            ).fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read database: {exc}") from exc
+        return {
+            "pending": counts.get("pending", 0),
+            "dead_letters": counts.get("dead", 0),
+            "delivered": counts.get("done", 0),
+            "cards": cards,
+        }
+
+    # ------------------------------------------------------------------ the worker
+
+    def due_issues(self, now: float, exclude: Iterable[str] = (), limit: int = 50) -> list[str]:
+        """Issues with pending deliveries that are not backing off, oldest delivery first."""
+        skip = set(exclude)
+        rows = self._conn().execute(
+            "SELECT d.issue_key, MIN(d.id) AS first FROM deliveries d"
+            " LEFT JOIN issues i ON i.issue_key = d.issue_key"
+            " WHERE d.state = 'pending' AND (i.next_attempt_at IS NULL OR i.next_attempt_at <= ?)"
+            " GROUP BY d.issue_key ORDER BY first LIMIT ?",
+            (now, limit + len(skip)),
+        )
+        return [key for key, _ in rows if key not in skip][:limit]
+
+    def next_due_at(self) -> float | None:
+        """The earliest time a backing-off issue with pending deliveries is due again."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT MIN(i.next_attempt_at) FROM issues i WHERE i.next_attempt_at IS NOT NULL"
+                " AND EXISTS (SELECT 1 FROM deliveries d"
+                " WHERE d.issue_key = i.issue_key AND d.state = 'pending')"
+            )
+            .fetchone()
+        )
+        return row[0] if row else None
+
+    def pending_for(self, issue_key: str) -> list[PendingDelivery]:
+        rows = self._conn().execute(
+            "SELECT id, kind, event, updated_at, received_at, attempts FROM deliveries"
+            " WHERE issue_key = ? AND state = 'pending' ORDER BY id",
+            (issue_key,),
+        )
+        return [PendingDelivery(*row) for row in rows]
+
+    def issue(self, issue_key: str) -> IssueRow | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT issue_key, card_id, board_id, applied, applied_updated_at, attempts,"
+                " first_failure_at FROM issues WHERE issue_key = ?",
+                (issue_key,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        applied = json.loads(row[3]) if row[3] else None
+        return IssueRow(row[0], row[1], row[2], applied, row[4], row[5], row[6])
+
+    def save_card(
+        self,
+        issue_key: str,
+        card_id: str | None,
+        board_id: str | None,
+        applied: dict[str, Any] | None,
+        applied_updated_at: float | None,
+        *,
+        done: Iterable[tuple[int, str]] = (),
+        now: float | None = None,
+    ) -> None:
+        """Record what the card now looks like, and finish the deliveries it covers, atomically.
+
+        ``done`` lists (delivery id, outcome). A successful save ends any back-off of the issue.
+        """
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO issues (issue_key, card_id, board_id, applied, applied_updated_at,"
+                " attempts, first_failure_at, next_attempt_at, last_error, changed_at)"
+                " VALUES (?, ?, ?, ?, ?, 0, NULL, NULL, NULL, ?)"
+                " ON CONFLICT (issue_key) DO UPDATE SET card_id = excluded.card_id,"
+                " board_id = excluded.board_id, applied = excluded.applied,"
+                " applied_updated_at = excluded.applied_updated_at, attempts = 0,"
+                " first_failure_at = NULL, next_attempt_at = NULL, last_error = NULL,"
+                " changed_at = excluded.changed_at",
+                (
+                    issue_key,
+                    card_id,
+                    board_id,
+                    json.dumps(applied, sort_keys=True) if applied is not None else None,
+                    applied_updated_at,
+                    now,
+                ),
+            )
+            self._finish(conn, done, "done", now)
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('last_delivery_at', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(now),),
+            )
+
+    def finish(self, done: Iterable[tuple[int, str]], *, now: float | None = None) -> None:
+        """Mark deliveries done without touching the card (stale or nothing to do)."""
+        with self._write() as conn:
+            self._finish(conn, done, "done", time.time() if now is None else now)
+
+    def retry_later(
+        self,
+        issue_key: str,
+        delivery_ids: Sequence[int],
+        error: str,
+        next_attempt_at: float,
+        *,
+        now: float | None = None,
+    ) -> None:
+        """Back off the whole issue until ``next_attempt_at`` and remember the failure."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO issues (issue_key, attempts, first_failure_at, next_attempt_at,"
+                " last_error, changed_at) VALUES (?, 1, ?, ?, ?, ?)"
+                " ON CONFLICT (issue_key) DO UPDATE SET attempts = attempts + 1,"
+                " first_failure_at = COALESCE(first_failure_at, excluded.first_failure_at),"
+                " next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error,"
+                " changed_at = excluded.changed_at",
+                (issue_key, now, next_attempt_at, error, now),
+            )
+            conn.executemany(
+                "UPDATE deliveries SET attempts = attempts + 1 WHERE id = ?",
+                [(i,) for i in delivery_ids],
+            )
+
+    def dead_letter(
+        self,
+        issue_key: str,
+        delivery_ids: Sequence[int],
+        reason: str,
+        *,
+        now: float | None = None,
+    ) -> None:
+        """Give up on these deliveries, keep them with the reason; the issue stops backing off."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            self._finish(conn, [(i, reason) for i in delivery_ids], "dead", now)
+            conn.execute(
+                "UPDATE issues SET attempts = 0, first_failure_at = NULL, next_attempt_at = NULL,"
+                " last_error = ?, changed_at = ? WHERE issue_key = ?",
+                (reason, now, issue_key),
+            )
+
+    @staticmethod
+    def _finish(
+        conn: sqlite3.Connection, done: Iterable[tuple[int, str]], state: str, now: float
+    ) -> None:
+        conn.executemany(
+            "UPDATE deliveries SET state = ?, outcome = ?, finished_at = ?"
+            " WHERE id = ? AND state = 'pending'",
+            [(state, outcome, now, delivery_id) for delivery_id, outcome in done],
+        )
+
+    # ------------------------------------------------------------------ operators
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            "SELECT id, issue_key, received_at, finished_at, outcome, attempts FROM deliveries"
+            " WHERE state = 'dead' ORDER BY id"
+        )
+        names = ("id", "issue_key", "received_at", "failed_at", "reason", "attempts")
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def replay(self, ids: Sequence[int] | None = None) -> int:
+        """Put dead letters back in the queue (all of them when ``ids`` is None)."""
+        with self._write() as conn:
+            if ids is None:
+                cursor = conn.execute(
+                    "UPDATE deliveries SET state = 'pending', outcome = NULL, finished_at = NULL,"
+                    " attempts = 0 WHERE state = 'dead'"
+                )
+                return cursor.rowcount
+            count = 0
+            for delivery_id in ids:
+                cursor = conn.execute(
+                    "UPDATE deliveries SET state = 'pending', outcome = NULL, finished_at = NULL,"
+                    " attempts = 0 WHERE state = 'dead' AND id = ?",
+                    (delivery_id,),
+                )
+                count += cursor.rowcount
+            return count
+
+    def meta(self, key: str) -> str | None:
+        row = self._conn().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def delivery_states(self) -> dict[str, str]:
+        """dedupe key -> state, for tests and benchmarks that check what was stored."""
+        rows = self._conn().execute("SELECT dedupe_key, state FROM deliveries")
+        return dict(rows.fetchall())

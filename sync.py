@@ -1,0 +1,283 @@
+"""The rules, as pure functions: which card an issue should have, and which calls get it there.
+
+``desired_card`` turns an ``IssueEvent`` and the project's ``Routing`` into a ``CardSpec``;
+``plan`` compares it with what the bridge last wrote on the card and returns the smallest list of
+``Op`` that brings the card there. Nothing here performs I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from config import Routing
+from gitlab import IssueEvent, Label, Note
+
+MAX_TEXT = 16384
+NAME_FORMAT = "[ ISSUE {iid} ] {title}"
+ZWSP = "\u200b"
+_MENTION = re.compile(r"@(?=[\w.\-])")
+_RELATIVE_UPLOAD = re.compile(r"(?<=[(\s\"'=])/uploads/")
+
+
+@dataclass(frozen=True)
+class CardSpec:
+    """What the card of an issue should look like. ``list_id`` None: the issue needs no card."""
+
+    name: str
+    desc: str
+    list_id: str | None
+    closed: bool
+    due: str | None = None
+    labels: tuple[Label, ...] = ()
+    members: tuple[str, ...] = ()  # Trello usernames
+
+
+@dataclass(frozen=True)
+class Op:
+    """One Trello call: ``kind`` is create, update, add_label, remove_label, add_member,
+    remove_member or comment."""
+
+    kind: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def neutralise_mentions(text: str) -> str:
+    """``@name`` would notify the Trello member of that name; a zero-width space stops it."""
+    return _MENTION.sub("@" + ZWSP, text)
+
+
+def absolute_uploads(text: str, project_url: str | None) -> str:
+    """GitLab's relative ``/uploads/...`` links, made absolute against the project URL."""
+    if not project_url:
+        return text
+    return _RELATIVE_UPLOAD.sub(project_url.rstrip("/") + "/uploads/", text)
+
+
+def truncate(text: str, url: str, limit: int = MAX_TEXT) -> str:
+    """``text`` cut to ``limit`` characters, saying so and where the full text is."""
+    if len(text) <= limit:
+        return text
+    note = f"\n\n... truncated, full text: {url}"[:limit]
+    return text[: limit - len(note)] + note
+
+
+def card_name(iid: int, title: str) -> str:
+    """``[ ISSUE 23 ] New API: create/update/delete file``, within Trello's limit."""
+    name = NAME_FORMAT.format(iid=iid, title=" ".join(title.split()))
+    if len(name) <= MAX_TEXT:
+        return name
+    note = " ... (truncated)"
+    return name[: MAX_TEXT - len(note)] + note
+
+
+def card_desc(event: IssueEvent, unmapped_assignees: Sequence[str] = ()) -> str:
+    """The issue URL first, then notes of the bridge, then the issue's own description."""
+    head = [event.url]
+    if unmapped_assignees:
+        names = ", ".join(neutralise_mentions("@" + name) for name in unmapped_assignees)
+        head.append(f"Assigned in GitLab (no Trello member): {names}")
+    if event.moved_to_id is not None:
+        head.append(f"Moved to another project in GitLab (new issue id {event.moved_to_id}).")
+    body = neutralise_mentions(absolute_uploads(event.description, event.project_url)).strip()
+    text = "\n\n".join([*head, body] if body else head)
+    return truncate(text, event.url)
+
+
+def redacted_desc(event: IssueEvent) -> str:
+    return truncate(f"{event.url}\n\nConfidential issue: open it in GitLab to read it.", event.url)
+
+
+# ---------------------------------------------------------------------------- the rules
+
+
+def target_list(event: IssueEvent, routing: Routing) -> str | None:
+    """Closed: the done list (None: archive in place); else the first mapped label; else default."""
+    if event.state == "closed":
+        return routing.done_list_id or None
+    carried = {label.name.lower() for label in event.labels}
+    for label, list_id in routing.lists.items():
+        if label in carried:
+            return list_id
+    return routing.list_id or None
+
+
+def desired_card(
+    event: IssueEvent, routing: Routing, confidential: str = "skip"
+) -> CardSpec | None:
+    """The card this issue should have, or None when it should have no visible card."""
+    if event.confidential and confidential == "skip":
+        return None
+    members = tuple(routing.members.get(name, name) for name in event.assignees)
+    closed = event.state == "closed"
+    list_id = target_list(event, routing)
+    if event.confidential and confidential == "redact":
+        return CardSpec(
+            name=card_name(event.iid, "(confidential)"),
+            desc=redacted_desc(event),
+            list_id=list_id or routing.list_id,
+            closed=closed and not routing.done_list_id,
+        )
+    return CardSpec(
+        name=card_name(event.iid, event.title),
+        desc=card_desc(event),
+        list_id=list_id or routing.list_id,
+        closed=closed and not routing.done_list_id,
+        due=event.due_date,
+        labels=_unique_labels(event.labels),
+        members=members,
+    )
+
+
+def with_unmapped(
+    event: IssueEvent, spec: CardSpec, routing: Routing, known_members: Collection[str]
+) -> CardSpec:
+    """Assignees with no Trello member leave the member set and are listed in the description."""
+    if not spec.members:
+        return spec
+    missing = [
+        name
+        for name in event.assignees
+        if routing.members.get(name, name).lower() not in known_members
+    ]
+    if not missing:
+        return spec
+    keep = tuple(name for name in spec.members if name.lower() in known_members)
+    return replace(spec, desc=card_desc(event, missing), members=keep)
+
+
+def _unique_labels(labels: Sequence[Label]) -> tuple[Label, ...]:
+    seen: set[str] = set()
+    result = []
+    for label in labels:
+        key = label.name.lower()
+        if key and key not in seen:
+            seen.add(key)
+            result.append(label)
+    return tuple(result)
+
+
+def applied_state(
+    spec: CardSpec, label_ids: Mapping[str, str], member_ids: Mapping[str, str]
+) -> dict[str, Any]:
+    """What the bridge writes down after applying ``spec`` (compared on the next event)."""
+    return {
+        "name": spec.name,
+        "desc": spec.desc,
+        "list": spec.list_id,
+        "closed": spec.closed,
+        "due": spec.due,
+        "labels": {label.name.lower(): label_ids[label.name.lower()] for label in spec.labels},
+        "members": {name.lower(): member_ids[name.lower()] for name in spec.members},
+    }
+
+
+_ISSUE_URL = re.compile(r"https?://[^\s)\]>\"']+/issues/\d+(?!\d)")
+
+
+def issue_urls(text: str) -> list[str]:
+    """The GitLab issue URLs a card description carries."""
+    return _ISSUE_URL.findall(text)
+
+
+def found_state(card: Mapping[str, Any], labels_by_id: Mapping[str, str]) -> dict[str, Any]:
+    """A card found on the board (not in the map), as if the bridge had written it."""
+    return {
+        "name": card.get("name", ""),
+        "desc": card.get("desc", ""),
+        "list": card.get("idList"),
+        "closed": bool(card.get("closed")),
+        "due": (card.get("due") or "")[:10] or None,
+        "labels": {labels_by_id[i]: i for i in card.get("idLabels", ()) if i in labels_by_id},
+        "members": {},
+    }
+
+
+def plan(
+    spec: CardSpec,
+    applied: Mapping[str, Any] | None,
+    label_ids: Mapping[str, str],
+    member_ids: Mapping[str, str],
+) -> list[Op]:
+    """The calls that take the card from ``applied`` (None: no card yet) to ``spec``.
+
+    ``label_ids`` and ``member_ids`` map lower-cased names to the board's ids; every label and
+    member of ``spec`` must be in them. Field changes are folded into one ``update``; labels and
+    members are added and removed one by one so that those people put on the card by hand stay.
+    """
+    want_labels = {label.name.lower(): label_ids[label.name.lower()] for label in spec.labels}
+    want_members = {name.lower(): member_ids[name.lower()] for name in spec.members}
+    if applied is None:
+        fields: dict[str, Any] = {
+            "idList": spec.list_id,
+            "name": spec.name,
+            "desc": spec.desc,
+            "pos": "bottom",
+        }
+        if spec.due:
+            fields["due"] = spec.due
+        if want_labels:
+            fields["idLabels"] = ",".join(want_labels.values())
+        if want_members:
+            fields["idMembers"] = ",".join(want_members.values())
+        # a closed issue with no done list needs no card; one is not created just to archive it
+        return [] if spec.closed else [Op("create", fields)]
+
+    changes: dict[str, Any] = {}
+    if spec.name != applied.get("name"):
+        changes["name"] = spec.name
+    if spec.desc != applied.get("desc"):
+        changes["desc"] = spec.desc
+    if spec.list_id and spec.list_id != applied.get("list"):
+        changes["idList"] = spec.list_id
+    if spec.closed != bool(applied.get("closed")):
+        changes["closed"] = spec.closed
+    if spec.due != applied.get("due"):
+        changes["due"] = spec.due
+    ops = [Op("update", changes)] if changes else []
+    had_labels: Mapping[str, str] = applied.get("labels") or {}
+    had_members: Mapping[str, str] = applied.get("members") or {}
+    ops += [Op("add_label", {"value": i}) for n, i in want_labels.items() if n not in had_labels]
+    ops += [Op("remove_label", {"id": i}) for n, i in had_labels.items() if n not in want_labels]
+    ops += [Op("add_member", {"value": i}) for n, i in want_members.items() if n not in had_members]
+    ops += [Op("remove_member", {"id": i}) for n, i in had_members.items() if n not in want_members]
+    return ops
+
+
+def comment_text(note: Note) -> str:
+    """A GitLab comment as a Trello comment: author, text, link back."""
+    body = neutralise_mentions(note.body).strip()
+    text = f"**{neutralise_mentions(note.author)}** on GitLab: {body}\n\n{note.url}"
+    return truncate(text, note.url)
+
+
+# Trello's label colours and representative RGB values, for the nearest match
+TRELLO_RGB = {
+    "green": (0x4B, 0xCE, 0x97),
+    "yellow": (0xF5, 0xCD, 0x47),
+    "orange": (0xFE, 0xA3, 0x62),
+    "red": (0xF8, 0x71, 0x68),
+    "purple": (0x9F, 0x8F, 0xEF),
+    "blue": (0x57, 0x9D, 0xFF),
+    "sky": (0x6C, 0xC3, 0xE0),
+    "lime": (0x94, 0xC7, 0x48),
+    "pink": (0xE7, 0x74, 0xBB),
+    "black": (0x8C, 0x8F, 0x97),
+}
+
+
+def nearest_color(hex_color: str | None) -> str | None:
+    """The Trello label colour closest to a GitLab ``#rrggbb`` colour (None if unparseable)."""
+    if not hex_color or not re.fullmatch(r"#?[0-9a-fA-F]{6}", hex_color.strip()):
+        return None
+    value = hex_color.strip().lstrip("#")
+    rgb = tuple(int(value[i : i + 2], 16) for i in (0, 2, 4))
+    return min(
+        TRELLO_RGB,
+        key=lambda name: sum((a - b) ** 2 for a, b in zip(rgb, TRELLO_RGB[name], strict=True)),
+    )

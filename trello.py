@@ -1,0 +1,348 @@
+"""Every Trello detail: base URL, auth header, JSON fields, timeouts, pacing, error translation.
+
+One ``requests.Session`` per client; every call goes through ``Client._request``, which paces it
+under the rate limit, always passes a (connect, read) timeout, retries what is safe to retry and
+maps every failure to the small ``TrelloError`` family in one place. Credentials travel only in
+the ``Authorization`` header; messages name the method and path, never a URL with a secret.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import requests
+import stamina
+
+log = logging.getLogger("gitlab2trello.trello")
+
+MAX_TEXT = 16384  # card name, desc and comment text
+COLORS = ("yellow", "purple", "blue", "red", "green", "orange", "black", "sky", "pink", "lime")
+
+
+class TrelloError(Exception):
+    """A Trello call failed; ``status`` is the HTTP status or None when none came back."""
+
+    transient = False
+
+    def __init__(self, method: str, path: str, status: int | None, detail: str) -> None:
+        self.method = method
+        self.path = path
+        self.status = status
+        self.detail = detail
+        where = f"{method} {path}"
+        super().__init__(f"{where}: {status} {detail}" if status else f"{where}: {detail}")
+
+
+class TrelloAuthError(TrelloError):
+    """401/403: the key or token is wrong or lacks permission."""
+
+
+class TrelloNotFound(TrelloError):
+    """404: the card, list or board does not exist (or the token cannot see it)."""
+
+
+class TrelloBadRequest(TrelloError):
+    """400: Trello rejected a value."""
+
+
+class TrelloRateLimited(TrelloError):
+    """429: over the rate limit."""
+
+    transient = True
+
+
+class TrelloUnavailable(TrelloError):
+    """5xx, timeout, broken connection or an unreadable answer: try again later."""
+
+    transient = True
+
+
+class Pacer:
+    """Keeps calls under ``limit`` per ``interval`` seconds (a sliding window of send times).
+
+    Trello's ``x-rate-limit-api-token-*`` headers and 429 answers pause every caller until the
+    window rolls over.
+    """
+
+    def __init__(
+        self,
+        limit: int = 90,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.limit = limit
+        self.interval = interval
+        self._clock = clock
+        self._sleep = sleep
+        self._sent: collections.deque[float] = collections.deque()
+        self._paused_until = 0.0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        """Block until one more call may be sent."""
+        while True:
+            with self._lock:
+                now = self._clock()
+                while self._sent and self._sent[0] <= now - self.interval:
+                    self._sent.popleft()
+                wait = self._paused_until - now
+                if wait <= 0 and len(self._sent) < self.limit:
+                    self._sent.append(now)
+                    return
+                if wait <= 0:
+                    wait = self._sent[0] + self.interval - now
+            self._sleep(max(wait, 0.005))
+
+    def observe(self, headers: Mapping[str, str], status: int) -> None:
+        """Learn from a response's rate-limit headers and status."""
+        interval_ms = _int_header(headers, "x-rate-limit-api-token-interval-ms")
+        remaining = _int_header(headers, "x-rate-limit-api-token-remaining")
+        retry_after = _float_header(headers, "retry-after")
+        pause = None
+        if status == 429:
+            pause = retry_after if retry_after is not None else (interval_ms or 10000) / 1000
+            pause *= 1 + random.random() * 0.2
+        elif remaining is not None and remaining <= 1:
+            pause = (interval_ms or 10000) / 1000 / 2
+        if pause is not None:
+            with self._lock:
+                self._paused_until = max(self._paused_until, self._clock() + pause)
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    try:
+        return int(headers[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def _float_header(headers: Mapping[str, str], name: str) -> float | None:
+    try:
+        return float(headers[name])
+    except (KeyError, ValueError):
+        return None
+
+
+class Client:
+    """A thin Trello REST client for the calls the bridge makes."""
+
+    def __init__(
+        self,
+        api_url: str,
+        key: str,
+        token: str,
+        *,
+        connect_timeout: float = 3.05,
+        read_timeout: float = 10.0,
+        pacer: Pacer | None = None,
+        retry_attempts: int = 4,
+        retry_timeout: float = 30.0,
+        on_call: Callable[[str, str, int | None, float], None] | None = None,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.timeout = (connect_timeout, read_timeout)
+        self.pacer = pacer or Pacer()
+        self.retry_attempts = retry_attempts
+        self.retry_timeout = retry_timeout
+        self.on_call = on_call
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = (
+            f'OAuth oauth_consumer_key="{key}", oauth_token="{token}"'
+        )
+        self.session.headers["Accept"] = "application/json"
+        # the pool must hold a connection for each worker thread
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def close(self) -> None:
+        self.session.close()
+
+    # ---------------------------------------------------------------- the one place
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Mapping[str, Any] | None = None,
+    ) -> Any:
+        idempotent = method in ("GET", "PUT", "DELETE")
+
+        def retry_safe(exc: Exception) -> bool:
+            # a 429 was not applied, so any call may repeat it; a timeout or a 5xx may have
+            # been applied, so only calls that can be repeated without harm repeat it here
+            return isinstance(exc, TrelloRateLimited) or (
+                idempotent and isinstance(exc, TrelloUnavailable)
+            )
+
+        for attempt in stamina.retry_context(
+            on=retry_safe,
+            attempts=self.retry_attempts,
+            timeout=self.retry_timeout,
+            wait_initial=0.5,
+            wait_max=8.0,
+        ):
+            with attempt:
+                return self._send(method, path, params, json)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None,
+        body: Mapping[str, Any] | None,
+    ) -> Any:
+        self.pacer.acquire()
+        started = time.monotonic()
+        status: int | None = None
+        try:
+            response = self.session.request(
+                method,
+                self.api_url + path,
+                params=params,
+                json=body,
+                timeout=self.timeout,
+            )
+        except requests.Timeout:
+            raise TrelloUnavailable(method, path, None, "timed out") from None
+        except requests.RequestException as exc:
+            raise TrelloUnavailable(
+                method, path, None, f"connection failed ({type(exc).__name__})"
+            ) from None
+        else:
+            status = response.status_code
+            self.pacer.observe(response.headers, status)
+            if status >= 400:
+                raise _error(method, path, status, response)
+            try:
+                return response.json()
+            except ValueError:
+                raise TrelloUnavailable(method, path, status, "answer is not JSON") from None
+        finally:
+            elapsed = (time.monotonic() - started) * 1000
+            log.info("trello %s %s -> %s in %.0f ms", method, path, status or "error", elapsed)
+            if self.on_call is not None:
+                self.on_call(method, path, status, elapsed)
+
+    # ---------------------------------------------------------------- calls
+
+    def get_list(self, list_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/lists/{list_id}", params={"fields": "id,name,idBoard"})
+
+    def get_board(self, board: str) -> dict[str, Any]:
+        return self._request("GET", f"/boards/{board}", params={"fields": "id,name,url,closed"})
+
+    def board_lists(self, board_id: str) -> list[dict[str, Any]]:
+        return self._request(
+            "GET", f"/boards/{board_id}/lists", params={"fields": "id,name,closed,pos"}
+        )
+
+    def board_cards(self, board_id: str) -> list[dict[str, Any]]:
+        """The board's open cards with the fields the bridge reads."""
+        return self._request(
+            "GET",
+            f"/boards/{board_id}/cards",
+            params={"fields": "id,name,desc,idList,idBoard,closed,idLabels,idMembers,due"},
+        )
+
+    def board_labels(self, board_id: str) -> list[dict[str, Any]]:
+        return self._request(
+            "GET", f"/boards/{board_id}/labels", params={"fields": "id,name,color", "limit": 1000}
+        )
+
+    def create_label(self, board_id: str, name: str, color: str | None) -> dict[str, Any]:
+        return self._request(
+            "POST", f"/boards/{board_id}/labels", json={"name": name, "color": color}
+        )
+
+    def board_members(self, board_id: str) -> list[dict[str, Any]]:
+        return self._request("GET", f"/boards/{board_id}/members")
+
+    def me(self) -> dict[str, Any]:
+        return self._request("GET", "/members/me", params={"fields": "id,username,fullName"})
+
+    def my_boards(self) -> list[dict[str, Any]]:
+        return self._request(
+            "GET", "/members/me/boards", params={"fields": "id,name,url,closed,shortLink"}
+        )
+
+    def create_card(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        return self._request("POST", "/cards", json=dict(fields))
+
+    def update_card(self, card_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        return self._request("PUT", f"/cards/{card_id}", json=dict(fields))
+
+    def get_card(self, card_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/cards/{card_id}")
+
+    def add_card_label(self, card_id: str, label_id: str) -> bool:
+        """Put a label on a card; False when it was already there."""
+        return self._add_to_set(f"/cards/{card_id}/idLabels", label_id)
+
+    def remove_card_label(self, card_id: str, label_id: str) -> bool:
+        """Take a label off a card; False when it was not there."""
+        return self._remove_from_set(f"/cards/{card_id}/idLabels/{label_id}")
+
+    def add_card_member(self, card_id: str, member_id: str) -> bool:
+        return self._add_to_set(f"/cards/{card_id}/idMembers", member_id)
+
+    def remove_card_member(self, card_id: str, member_id: str) -> bool:
+        return self._remove_from_set(f"/cards/{card_id}/idMembers/{member_id}")
+
+    def _add_to_set(self, path: str, value: str) -> bool:
+        try:
+            self._request("POST", path, json={"value": value})
+        except TrelloBadRequest as exc:
+            if "already" not in exc.detail:
+                raise
+            return False
+        return True
+
+    def _remove_from_set(self, path: str) -> bool:
+        try:
+            self._request("DELETE", path)
+        except TrelloBadRequest:
+            return False
+        return True
+
+    def add_comment(self, card_id: str, text: str) -> dict[str, Any]:
+        return self._request("POST", f"/cards/{card_id}/actions/comments", json={"text": text})
+
+
+def _error(method: str, path: str, status: int, response: requests.Response) -> TrelloError:
+    detail = response.text.strip()[:200] or response.reason or ""
+    if status == 429:
+        return TrelloRateLimited(method, path, status, detail)
+    if status in (401, 403):
+        return TrelloAuthError(method, path, status, detail)
+    if status == 404:
+        return TrelloNotFound(method, path, status, detail)
+    if status >= 500:
+        return TrelloUnavailable(method, path, status, detail)
+    return TrelloBadRequest(method, path, status, detail)
+
+
+def authorize_url(key: str, app_name: str = "gitlab2trello") -> str:
+    """The page where a person grants the bridge a never-expiring read/write token."""
+    from urllib.parse import urlencode
+
+    query = urlencode(
+        {
+            "expiration": "never",
+            "scope": "read,write",
+            "response_type": "token",
+            "key": key,
+            "name": app_name,
+        }
+    )
+    return f"https://trello.com/1/authorize?{query}"
