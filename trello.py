@@ -83,6 +83,7 @@ class Pacer:
         self._sleep = sleep
         self._sent: collections.deque[float] = collections.deque()
         self._paused_until = 0.0
+        self._limited = 0  # consecutive 429 answers
         self._lock = threading.Lock()
 
     def acquire(self) -> None:
@@ -101,18 +102,26 @@ class Pacer:
             self._sleep(max(wait, 0.005))
 
     def observe(self, headers: Mapping[str, str], status: int) -> None:
-        """Learn from a response's rate-limit headers and status."""
-        interval_ms = _int_header(headers, "x-rate-limit-api-token-interval-ms")
+        """Learn from a response's rate-limit headers and status.
+
+        A 429 pauses every caller: for ``Retry-After`` when Trello sends it, else for a wait
+        that doubles with each consecutive 429 (from half a second up to the whole window),
+        with jitter. Nearly exhausted ``remaining`` pauses for half a window.
+        """
+        interval = (_int_header(headers, "x-rate-limit-api-token-interval-ms") or 10000) / 1000
         remaining = _int_header(headers, "x-rate-limit-api-token-remaining")
         retry_after = _float_header(headers, "retry-after")
         pause = None
-        if status == 429:
-            pause = retry_after if retry_after is not None else (interval_ms or 10000) / 1000
-            pause *= 1 + random.random() * 0.2
-        elif remaining is not None and remaining <= 1:
-            pause = (interval_ms or 10000) / 1000 / 2
-        if pause is not None:
-            with self._lock:
+        with self._lock:
+            if status == 429:
+                self._limited += 1
+                pause = retry_after or min(interval, 0.5 * 2 ** (self._limited - 1))
+                pause *= 1 + random.random() * 0.2
+            else:
+                self._limited = 0
+                if remaining is not None and remaining <= 1:
+                    pause = interval / 2
+            if pause is not None:
                 self._paused_until = max(self._paused_until, self._clock() + pause)
 
 

@@ -192,7 +192,7 @@ class Service:
             health = self.health()
             if health["pending"] == 0:
                 return health
-            time.sleep(0.05)
+            time.sleep(0.1)
         raise AssertionError(f"deliveries still pending after {timeout} s: {health}\n{self.log()}")
 
 
