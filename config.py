@@ -126,6 +126,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "database": (_str, "var/gitlab2trello.sqlite3"),
         "synchronous": (_synchronous, "full"),
         "busy_timeout_ms": (_positive_int, "10000"),
+        "group_commit": (_bool, "true"),
     },
     "worker": {
         "enabled": (_bool, "true"),

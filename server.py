@@ -45,11 +45,7 @@ def make_app(
     clock: Callable[[], float] = time.time,
 ) -> Bottle:
     """Build the WSGI application for one configuration."""
-    store = store or Store(
-        cfg.database,
-        synchronous=cfg.store["synchronous"],
-        busy_timeout_ms=cfg.store["busy_timeout_ms"],
-    )
+    store = store or Store.from_config(cfg)
     try:
         store.setup()
     except StoreError as exc:  # keep serving: /healthz and /issue answer 503 until it works

@@ -102,10 +102,26 @@ class _Waiter:
 class Store:
     """All access to the bridge's SQLite file."""
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> Store:
+        """The store a ``config.Config`` describes (not yet set up)."""
+        return cls(
+            cfg.database,
+            synchronous=cfg.store["synchronous"],
+            busy_timeout_ms=cfg.store["busy_timeout_ms"],
+            group_commit=cfg.store["group_commit"],
+        )
+
     def __init__(
-        self, path: Path | str, *, synchronous: str = "FULL", busy_timeout_ms: int = 10000
+        self,
+        path: Path | str,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 10000,
+        group_commit: bool = True,
     ) -> None:
         self.path = Path(path)
+        self.group_commit = group_commit
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
@@ -204,6 +220,12 @@ class Store:
         waiter = _Waiter(
             dedupe_key, issue_key, kind, updated_at, event_json, time.time() if now is None else now
         )
+        if not self.group_commit:
+            try:
+                self._commit_batch([waiter])
+            except (sqlite3.Error, OSError) as exc:
+                waiter.error = exc
+            return self._outcome(waiter)
         with self._queue_cond:
             self._queue.append(waiter)
             while waiter.result is None and waiter.error is None and self._leader:

@@ -311,11 +311,7 @@ def single_instance(path: str) -> Iterator[None]:
 
 def build(cfg: config_module.Config) -> Worker:
     """A worker wired to the configured store and Trello."""
-    store = Store(
-        cfg.database,
-        synchronous=cfg.store["synchronous"],
-        busy_timeout_ms=cfg.store["busy_timeout_ms"],
-    )
+    store = Store.from_config(cfg)
     store.setup()
     client = None
     if cfg.trello_configured:
