@@ -14,7 +14,7 @@ import hmac
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 ISSUE_EVENTS = ("Issue Hook", "Confidential Issue Hook")
 NOTE_EVENTS = ("Note Hook", "Confidential Note Hook")
 ACTIONS = ("open", "update", "close", "reopen")
+_HTTP_URL = re.compile(r"^https?://[^/\s]+/\S*$")
 
 
 class BadDelivery(ValueError):
@@ -264,7 +265,7 @@ def parse_delivery(
     if event_name is None and kind is None:
         raise BadDelivery("missing header X-Gitlab-Event and body field object_kind")
     if event_name in NOTE_EVENTS or (event_name is None and kind == "note"):
-        return Ignored("comments are not synced")
+        return parse_note(data, headers)
     if event_name is not None and event_name not in ISSUE_EVENTS:
         return Ignored(f"event {event_name!r} is not synced")
     if kind not in ("issue", "work_item", None):
@@ -275,9 +276,64 @@ def parse_delivery(
     if work_type not in types:
         return Ignored(f"work item type {work_type!r} is not synced")
     event = parse_issue(data, headers.get("X-Gitlab-Instance"))
-    if event.confidential or event_name == "Confidential Issue Hook":
-        return Ignored("confidential issues are not synced")
+    if event_name == "Confidential Issue Hook" and not event.confidential:
+        event = replace(event, confidential=True)
     return Delivery(dedupe_key(headers, body), event)
+
+
+def parse_note(data: Mapping[str, Any], headers: Mapping[str, str]) -> Delivery | Ignored:
+    """A ``Note Hook`` delivery: comments on issues are synced, internal ones never."""
+    attrs = data.get("object_attributes")
+    if not isinstance(attrs, dict):
+        raise BadDelivery("missing object_attributes")
+    noteable = attrs.get("noteable_type")
+    if noteable != "Issue":
+        return Ignored(f"comments on {noteable or 'unknown'} are not synced")
+    if (
+        attrs.get("internal") is True
+        or attrs.get("confidential") is True
+        or headers.get("X-Gitlab-Event") == "Confidential Note Hook"
+    ):
+        return Ignored("internal notes are never copied")
+    issue = data.get("issue")
+    if not isinstance(issue, dict):
+        raise BadDelivery("a comment on an issue must carry the issue object")
+    note_id, text, note_url = attrs.get("id"), attrs.get("note"), attrs.get("url")
+    if not _is_int(note_id):
+        raise BadDelivery(f"object_attributes.id must be an integer, not {_json_type(note_id)}")
+    if not isinstance(text, str):
+        raise BadDelivery(f"object_attributes.note must be a string, not {_json_type(text)}")
+    if not isinstance(note_url, str) or not _HTTP_URL.match(note_url):
+        raise BadDelivery("object_attributes.url must be the comment's http(s) URL")
+    iid, title = issue.get("iid"), issue.get("title")
+    if not _is_int(iid):
+        raise BadDelivery(f"issue.iid must be an integer, not {_json_type(iid)}")
+    if not isinstance(title, str):
+        raise BadDelivery(f"issue.title must be a string, not {_json_type(title)}")
+    project = data.get("project") if isinstance(data.get("project"), dict) else {}
+    project_id = attrs.get("project_id", issue.get("project_id", project.get("id")))
+    if not _is_int(project_id):
+        raise BadDelivery("object_attributes.project_id must be an integer")
+    url = issue.get("url") if isinstance(issue.get("url"), str) else note_url.split("#")[0]
+    user = data.get("user") if isinstance(data.get("user"), dict) else {}
+    author = _str_or_none(user.get("username")) or "someone"
+    instance = _instance(headers.get("X-Gitlab-Instance"), url)
+    event = IssueEvent(
+        instance=instance,
+        project_id=project_id,
+        iid=iid,
+        title=title,
+        url=url,
+        action="note",
+        state="closed" if issue.get("state") == "closed" else "opened",
+        updated_at=None,
+        project_path=_str_or_none(project.get("path_with_namespace")),
+        project_url=_str_or_none(project.get("web_url")) or _project_url(url),
+        confidential=issue.get("confidential") is True,
+        author=author,
+        note=Note(id=note_id, body=text, author=author, url=note_url),
+    )
+    return Delivery(f"note:{instance}|{project_id}|{note_id}", event)
 
 
 def parse_issue(data: Mapping[str, Any], instance_header: str | None = None) -> IssueEvent:
@@ -299,7 +355,7 @@ def parse_issue(data: Mapping[str, Any], instance_header: str | None = None) -> 
             f"object_attributes.action must be one of {', '.join(ACTIONS)}, not {action!r}"
         )
     url = attrs.get("url")
-    if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+/\S*$", url):
+    if not isinstance(url, str) or not _HTTP_URL.match(url):
         raise BadDelivery("object_attributes.url must be the issue's http(s) URL")
     project = data.get("project") if isinstance(data.get("project"), dict) else {}
     project_id = attrs.get("project_id", project.get("id"))

@@ -55,6 +55,7 @@ def make_app(
     signing_token = cfg.gitlab["signing_token"]
     tolerance = cfg.gitlab["signature_tolerance"]
     types = tuple(cfg.gitlab["types"])
+    confidential = cfg.gitlab["confidential"]
     app = Bottle(catchall=True, autojson=False)
 
     @app.post("/issue")
@@ -87,6 +88,10 @@ def make_app(
             log.info("delivery ignored: %s", parsed.reason)
             return _json(200, {"status": "ignored", "reason": parsed.reason})
         event = parsed.event
+        reason = _confidential_reason(event, confidential, store)
+        if reason:
+            log.info("%s -> ignored: %s", event.describe, reason)
+            return _json(200, {"status": "ignored", "reason": reason})
         try:
             delivery_id, created = store.add_delivery(
                 parsed.dedupe_key,
@@ -140,6 +145,22 @@ def make_app(
     for status in (400, 404, 405, 413, 500):
         app.error(status)(plain_error)
     return app
+
+
+def _confidential_reason(event: gitlab.IssueEvent, policy: str, store: Store) -> str | None:
+    """Why a confidential delivery is not stored, or None when it must be.
+
+    Comments on confidential issues are copied only with ``mirror``. With ``skip`` a confidential
+    issue gets no card; it is still stored when its issue already has one, so that the worker
+    archives that card.
+    """
+    if not event.confidential or policy == "mirror":
+        return None
+    if event.note is not None:
+        return "comments on confidential issues are not copied"
+    if policy == "skip" and not store.has_card(event.issue_key):
+        return "confidential issues are not synced ([gitlab] confidential = skip)"
+    return None
 
 
 def _startup_warnings(cfg: config_module.Config) -> None:

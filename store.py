@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated_at  REAL,
     event       TEXT NOT NULL,
     received_at REAL NOT NULL,
-    state       TEXT NOT NULL DEFAULT 'pending',   -- pending | done | dead
+    state       TEXT NOT NULL DEFAULT 'pending',   -- pending | waiting | done | dead
     outcome     TEXT,                              -- applied | merged | stale | reason of death
     attempts    INTEGER NOT NULL DEFAULT 0,
     finished_at REAL
@@ -281,6 +281,18 @@ class Store:
         for item, result in zip(batch, results, strict=True):
             item.result = result
 
+    def has_card(self, issue_key: str) -> bool:
+        """True when the issue has a card on Trello."""
+        try:
+            row = (
+                self._conn()
+                .execute("SELECT card_id FROM issues WHERE issue_key = ?", (issue_key,))
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read database: {exc}") from exc
+        return bool(row and row[0])
+
     def health(self) -> dict[str, Any]:
         """Counts for ``/healthz``; raises ``StoreError`` when the database cannot be read."""
         try:
@@ -295,6 +307,7 @@ class Store:
             raise StoreError(f"cannot read database: {exc}") from exc
         return {
             "pending": counts.get("pending", 0),
+            "waiting_for_card": counts.get("waiting", 0),
             "dead_letters": counts.get("dead", 0),
             "delivered": counts.get("done", 0),
             "cards": cards,
@@ -386,10 +399,31 @@ class Store:
                 ),
             )
             self._finish(conn, done, "done", now)
+            if card_id is not None:
+                conn.execute(
+                    "UPDATE deliveries SET state = 'pending'"
+                    " WHERE issue_key = ? AND state = 'waiting'",
+                    (issue_key,),
+                )
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('last_delivery_at', ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(now),),
+            )
+
+    def wait_for_card(self, delivery_ids: Sequence[int]) -> None:
+        """Park comments of an issue that has no card; ``save_card`` wakes them."""
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE deliveries SET state = 'waiting' WHERE id = ? AND state = 'pending'",
+                [(i,) for i in delivery_ids],
+            )
+
+    def mark_attempted(self, delivery_id: int) -> None:
+        """Count an attempt before a call that must not be repeated blindly (a comment)."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE deliveries SET attempts = attempts + 1 WHERE id = ?", (delivery_id,)
             )
 
     def finish(self, done: Iterable[tuple[int, str]], *, now: float | None = None) -> None:

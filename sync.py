@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -249,35 +250,43 @@ def plan(
     return ops
 
 
-def comment_text(note: Note) -> str:
+def comment_text(note: Note, project_url: str | None = None) -> str:
     """A GitLab comment as a Trello comment: author, text, link back."""
-    body = neutralise_mentions(note.body).strip()
+    body = neutralise_mentions(absolute_uploads(note.body, project_url)).strip()
     text = f"**{neutralise_mentions(note.author)}** on GitLab: {body}\n\n{note.url}"
     return truncate(text, note.url)
 
 
-# Trello's label colours and representative RGB values, for the nearest match
-TRELLO_RGB = {
-    "green": (0x4B, 0xCE, 0x97),
-    "yellow": (0xF5, 0xCD, 0x47),
-    "orange": (0xFE, 0xA3, 0x62),
-    "red": (0xF8, 0x71, 0x68),
-    "purple": (0x9F, 0x8F, 0xEF),
-    "blue": (0x57, 0x9D, 0xFF),
-    "sky": (0x6C, 0xC3, 0xE0),
-    "lime": (0x94, 0xC7, 0x48),
-    "pink": (0xE7, 0x74, 0xBB),
-    "black": (0x8C, 0x8F, 0x97),
+# Trello's saturated label colours by hue (degrees); "black" takes the greys
+TRELLO_HUES = {
+    "red": 0,
+    "orange": 30,
+    "yellow": 55,
+    "lime": 90,
+    "green": 140,
+    "sky": 195,
+    "blue": 215,
+    "purple": 265,
+    "pink": 320,
 }
 
 
 def nearest_color(hex_color: str | None) -> str | None:
-    """The Trello label colour closest to a GitLab ``#rrggbb`` colour (None if unparseable)."""
+    """The Trello label colour closest in hue to a GitLab ``#rrggbb`` colour.
+
+    Greys and near-black colours become "black"; None when the value is not a colour.
+    """
     if not hex_color or not re.fullmatch(r"#?[0-9a-fA-F]{6}", hex_color.strip()):
         return None
     value = hex_color.strip().lstrip("#")
-    rgb = tuple(int(value[i : i + 2], 16) for i in (0, 2, 4))
+    red, green, blue = (int(value[i : i + 2], 16) / 255 for i in (0, 2, 4))
+    hue, saturation, brightness = colorsys.rgb_to_hsv(red, green, blue)
+    if saturation < 0.15 or brightness < 0.2:
+        return "black"
+    degrees = hue * 360
     return min(
-        TRELLO_RGB,
-        key=lambda name: sum((a - b) ** 2 for a, b in zip(rgb, TRELLO_RGB[name], strict=True)),
+        TRELLO_HUES,
+        key=lambda name: min(
+            abs(degrees - TRELLO_HUES[name]), 360 - abs(degrees - TRELLO_HUES[name])
+        ),
     )

@@ -324,6 +324,13 @@ class Client:
             return False
         return True
 
+    def has_comment(self, card_id: str, needle: str) -> bool:
+        """True when a comment on the card contains ``needle`` (a GitLab note URL)."""
+        actions = self._request(
+            "GET", f"/cards/{card_id}/actions", params={"filter": "commentCard", "limit": 1000}
+        )
+        return any(needle in (a.get("data") or {}).get("text", "") for a in actions)
+
     def add_comment(self, card_id: str, text: str) -> dict[str, Any]:
         return self._request("POST", f"/cards/{card_id}/actions/comments", json={"text": text})
 

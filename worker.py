@@ -129,8 +129,37 @@ class Worker:
 
     def _apply(self, issue_key: str, pending: list[PendingDelivery]) -> None:
         events = [(p, IssueEvent.from_json(p.event)) for p in pending if p.kind == "issue"]
-        if not events:
+        notes = [(p, IssueEvent.from_json(p.event)) for p in pending if p.kind == "note"]
+        if events:
+            self._apply_issue(issue_key, events)
+        if notes:
+            self._apply_notes(issue_key, notes)
+
+    def _apply_notes(self, issue_key: str, notes: list[tuple[PendingDelivery, IssueEvent]]) -> None:
+        """Copy comments, once each, in the order they arrived; park them while there is no card."""
+        row = self.store.issue(issue_key)
+        if row is None or row.card_id is None:
+            self.store.wait_for_card([p.id for p, _ in notes])
+            log.info("%s: %d comment(s) wait for the card", issue_key, len(notes))
             return
+        if self.client is None:
+            raise RuntimeError("Trello is not configured")
+        for delivery, event in notes:
+            assert event.note is not None
+            if delivery.attempts and self.client.has_comment(row.card_id, event.note.url):
+                outcome = "already copied"
+            else:
+                self.store.mark_attempted(delivery.id)
+                self.client.add_comment(
+                    row.card_id, sync.comment_text(event.note, event.project_url)
+                )
+                outcome = "commented"
+            self.store.finish([(delivery.id, outcome)])
+            log.info("%s: %s -> %s on card %s", issue_key, event.describe, outcome, row.card_id)
+
+    def _apply_issue(
+        self, issue_key: str, events: list[tuple[PendingDelivery, IssueEvent]]
+    ) -> None:
         newest_delivery, event = max(events, key=lambda pe: (pe[1].updated_at or 0.0, pe[0].id))
         row = self.store.issue(issue_key)
         if (
