@@ -16,7 +16,7 @@ from typing import Any
 from bottle import Bottle, HTTPResponse, request, response
 
 import config as config_module
-import gitlab
+import gitlab_io
 from store import Store, StoreError
 
 log = logging.getLogger("gitlab2trello.server")
@@ -68,7 +68,7 @@ def make_app(
             return _text(413, f"body larger than {max_body} bytes")
         headers = request.headers
         try:
-            gitlab.authenticate(
+            gitlab_io.authenticate(
                 headers,
                 body,
                 secret_token=secret_token,
@@ -76,15 +76,15 @@ def make_app(
                 now=clock(),
                 tolerance=tolerance,
             )
-        except gitlab.Unauthorized as exc:
+        except gitlab_io.Unauthorized as exc:
             log.warning("delivery refused: %s (from %s)", exc, request.remote_addr)
             return _text(401, str(exc))
         try:
-            parsed = gitlab.parse_delivery(headers, body, types=types)
-        except gitlab.BadDelivery as exc:
+            parsed = gitlab_io.parse_delivery(headers, body, types=types)
+        except gitlab_io.BadDelivery as exc:
             log.warning("delivery rejected: %s", exc)
             return _text(400, str(exc))
-        if isinstance(parsed, gitlab.Ignored):
+        if isinstance(parsed, gitlab_io.Ignored):
             log.info("delivery ignored: %s", parsed.reason)
             return _json(200, {"status": "ignored", "reason": parsed.reason})
         event = parsed.event
@@ -147,7 +147,7 @@ def make_app(
     return app
 
 
-def _confidential_reason(event: gitlab.IssueEvent, policy: str, store: Store) -> str | None:
+def _confidential_reason(event: gitlab_io.IssueEvent, policy: str, store: Store) -> str | None:
     """Why a confidential delivery is not stored, or None when it must be.
 
     Comments on confidential issues are copied only with ``mirror``. With ``skip`` a confidential

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from config import Routing
-from gitlab import IssueEvent, Label, Note
+from gitlab_io import IssueEvent, Label, Note
 
 MAX_TEXT = 16384
 NAME_FORMAT = "[ ISSUE {iid} ] {title}"

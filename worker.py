@@ -24,7 +24,7 @@ from typing import Any
 import config as config_module
 import sync
 import trello
-from gitlab import IssueEvent
+from gitlab_io import IssueEvent
 from store import PendingDelivery, Store
 
 log = logging.getLogger("gitlab2trello.worker")

@@ -1,4 +1,5 @@
-"""Every GitLab detail: headers, token and signature checks, payload shapes, timestamps.
+"""Every GitLab detail: webhook headers, token and signature checks, payload shapes, timestamps,
+and the REST API (through python-gitlab) for backfill and reconciliation.
 
 ``parse_delivery`` turns one webhook request (headers + raw body) into either an ``IssueEvent``
 to store, an ``Ignored`` answer, or raises ``BadDelivery`` naming what is wrong. Both the 2013
