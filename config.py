@@ -110,6 +110,10 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "signature_tolerance": (_positive_int, "300"),
         "confidential": (_choice("skip", "redact", "mirror"), "skip"),
         "types": (_csv, "Issue, Incident"),
+        "url": (_url, ""),
+        "private_token": (_str, ""),
+        "projects": (_csv, ""),
+        "reconcile_interval": (_non_negative_float, "300"),
     },
     "trello": {
         "api_url": (_url, "https://api.trello.com/1"),

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -276,7 +276,7 @@ def parse_delivery(
     work_type = work_type if isinstance(work_type, str) and work_type else "Issue"
     if work_type not in types:
         return Ignored(f"work item type {work_type!r} is not synced")
-    event = parse_issue(data, headers.get("X-Gitlab-Instance"))
+    event = parse_issue(data)
     if event_name == "Confidential Issue Hook" and not event.confidential:
         event = replace(event, confidential=True)
     return Delivery(dedupe_key(headers, body), event)
@@ -318,7 +318,7 @@ def parse_note(data: Mapping[str, Any], headers: Mapping[str, str]) -> Delivery 
     url = issue.get("url") if isinstance(issue.get("url"), str) else note_url.split("#")[0]
     user = data.get("user") if isinstance(data.get("user"), dict) else {}
     author = _str_or_none(user.get("username")) or "someone"
-    instance = _instance(headers.get("X-Gitlab-Instance"), url)
+    instance = instance_of(url)
     event = IssueEvent(
         instance=instance,
         project_id=project_id,
@@ -337,7 +337,7 @@ def parse_note(data: Mapping[str, Any], headers: Mapping[str, str]) -> Delivery 
     return Delivery(f"note:{instance}|{project_id}|{note_id}", event)
 
 
-def parse_issue(data: Mapping[str, Any], instance_header: str | None = None) -> IssueEvent:
+def parse_issue(data: Mapping[str, Any]) -> IssueEvent:
     """The webhook's issue payload (2013 or current) as an ``IssueEvent``."""
     attrs = data.get("object_attributes")
     if not isinstance(attrs, dict):
@@ -380,7 +380,7 @@ def parse_issue(data: Mapping[str, Any], instance_header: str | None = None) -> 
     user = data.get("user") if isinstance(data.get("user"), dict) else {}
     project_url = project.get("web_url") if isinstance(project.get("web_url"), str) else None
     return IssueEvent(
-        instance=_instance(instance_header, url),
+        instance=instance_of(url),
         project_id=project_id,
         iid=iid,
         title=title,
@@ -401,11 +401,13 @@ def parse_issue(data: Mapping[str, Any], instance_header: str | None = None) -> 
     )
 
 
-def _instance(header: str | None, url: str) -> str:
-    if header and re.match(r"^https?://", header.strip()):
-        parts = urlsplit(header.strip())
-    else:
-        parts = urlsplit(url)
+def instance_of(url: str) -> str:
+    """The GitLab instance an issue URL belongs to (``https://host``).
+
+    Taken from the issue URL rather than ``X-Gitlab-Instance`` so that webhook deliveries and
+    REST API answers about one issue always share one key.
+    """
+    parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
@@ -457,3 +459,121 @@ def _json_type(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
+
+
+# ---------------------------------------------------------------------------- REST API
+
+
+class GitLabUnavailable(Exception):
+    """The GitLab REST API could not be reached or refused the request; says why."""
+
+
+def issue_from_rest(data: Mapping[str, Any], project: Mapping[str, Any]) -> IssueEvent:
+    """An issue as ``GET /projects/:id/issues`` returns it, as the same ``IssueEvent`` a
+    webhook gives: labels may be names or objects, the link is ``web_url``, ``assignees`` is
+    always present, the type is ``issue_type`` in lower case."""
+    url = data["web_url"]
+    raw_labels = data.get("labels") or []
+    labels = tuple(
+        Label(item["name"], item.get("color")) if isinstance(item, dict) else Label(str(item))
+        for item in raw_labels
+        if isinstance(item, dict | str)
+    )
+    work_type = str(data.get("issue_type") or "issue").replace("_", " ").title().replace(" ", "")
+    state = "closed" if data.get("state") == "closed" else "opened"
+    return IssueEvent(
+        instance=instance_of(url),
+        project_id=int(data["project_id"]),
+        iid=int(data["iid"]),
+        title=str(data.get("title") or ""),
+        url=url,
+        action="close" if state == "closed" else "update",
+        state=state,
+        updated_at=parse_time(data.get("updated_at")),
+        description=str(data.get("description") or ""),
+        project_path=project.get("path_with_namespace"),
+        project_url=project.get("web_url") or _project_url(url),
+        labels=labels,
+        assignees=tuple(a["username"] for a in data.get("assignees") or () if isinstance(a, dict)),
+        due_date=(data.get("due_date") or None),
+        confidential=data.get("confidential") is True,
+        moved_to_id=data.get("moved_to_id") if _is_int(data.get("moved_to_id")) else None,
+        work_item_type=work_type,
+        author=(data.get("author") or {}).get("username"),
+    )
+
+
+class GitLabAPI:
+    """The few REST calls the bridge makes, through python-gitlab."""
+
+    def __init__(self, url: str, private_token: str, *, timeout: float = 10.0) -> None:
+        import gitlab as python_gitlab  # the python-gitlab package
+
+        self._errors = (python_gitlab.exceptions.GitlabError, OSError)
+        self.url = url
+        self.gl = python_gitlab.Gitlab(
+            url, private_token=private_token, timeout=timeout, retry_transient_errors=True
+        )
+
+    def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except self._errors as exc:
+            code = getattr(exc, "response_code", None)
+            detail = f"HTTP {code}" if code else type(exc).__name__
+            if code == 401:
+                detail += " (the private token is missing, wrong or expired)"
+            elif code == 404:
+                detail += " (no such project, or the token cannot see it)"
+            raise GitLabUnavailable(f"GitLab {what}: {detail}") from None
+
+    def whoami(self) -> str:
+        """The username the token belongs to (checks the token)."""
+        self._call("authentication", self.gl.auth)
+        return str(self.gl.user.username) if self.gl.user else "?"
+
+    def project(self, ref: str | int) -> dict[str, Any]:
+        """A project by id or ``group/path``."""
+        project = self._call(f"project {ref}", self.gl.projects.get, ref)
+        return dict(project.attributes)
+
+    def issues(
+        self,
+        project: Mapping[str, Any],
+        *,
+        state: str = "opened",
+        updated_after: float | None = None,
+    ) -> Iterator[IssueEvent]:
+        """Every issue of the project (all pages), oldest change first, as events."""
+        params: dict[str, Any] = {
+            "iterator": True,
+            "per_page": 100,
+            "order_by": "updated_at",
+            "sort": "asc",
+            "with_labels_details": True,
+        }
+        if state != "all":
+            params["state"] = state
+        if updated_after is not None:
+            params["updated_after"] = format_time(updated_after)
+        manager = self._call(
+            f"project {project['id']}", self.gl.projects.get, project["id"], lazy=True
+        ).issues
+        pages = self._call(
+            f"issues of {project.get('path_with_namespace')}", manager.list, **params
+        )
+        iterator = iter(pages)
+        while True:
+            item = self._call("issues (next page)", next, iterator, None)
+            if item is None:
+                return
+            yield issue_from_rest(item.attributes, project)
+
+    def total(self, project: Mapping[str, Any], *, state: str = "opened") -> int | None:
+        """How many issues a listing will yield (for a progress bar), if GitLab says."""
+        manager = self.gl.projects.get(project["id"], lazy=True).issues
+        params: dict[str, Any] = {"iterator": True, "per_page": 1}
+        if state != "all":
+            params["state"] = state
+        listing = self._call("issue count", manager.list, **params)
+        return getattr(listing, "total", None)

@@ -146,9 +146,9 @@ class Store:
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
+                conn.executemany(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                    [("schema_version", str(SCHEMA_VERSION)), ("created_at", str(time.time()))],
                 )
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot use database {self.path}: {exc}") from exc
@@ -525,6 +525,24 @@ class Store:
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+
+    def unfinished(self, delivery_ids: Sequence[int]) -> int:
+        """How many of these deliveries are still pending or waiting."""
+        conn = self._conn()
+        count = 0
+        for start in range(0, len(delivery_ids), 500):
+            chunk = list(delivery_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            count += conn.execute(
+                f"SELECT COUNT(*) FROM deliveries WHERE id IN ({marks})"
+                " AND state IN ('pending', 'waiting')",
+                chunk,
+            ).fetchone()[0]
+        return count
+
+    def cards(self) -> int:
+        """How many issues have a card."""
+        return self.health()["cards"]
 
     def delivery_states(self) -> dict[str, str]:
         """dedupe key -> state, for tests and benchmarks that check what was stored."""

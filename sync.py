@@ -250,6 +250,26 @@ def plan(
     return ops
 
 
+def changed_fields(spec: CardSpec, applied: Mapping[str, Any]) -> list[str]:
+    """Names of the card's fields that ``spec`` would change (for dry runs and logs)."""
+    changed = [
+        name
+        for name, value, before in (
+            ("name", spec.name, applied.get("name")),
+            ("description", spec.desc, applied.get("desc")),
+            ("list", spec.list_id, applied.get("list")),
+            ("archived", spec.closed, bool(applied.get("closed"))),
+            ("due date", spec.due, applied.get("due")),
+        )
+        if value != before
+    ]
+    if {label.name.lower() for label in spec.labels} != set(applied.get("labels") or {}):
+        changed.append("labels")
+    if {name.lower() for name in spec.members} != set(applied.get("members") or {}):
+        changed.append("members")
+    return changed
+
+
 def comment_text(note: Note, project_url: str | None = None) -> str:
     """A GitLab comment as a Trello comment: author, text, link back."""
     body = neutralise_mentions(absolute_uploads(note.body, project_url)).strip()

@@ -161,6 +161,7 @@ class Client:
         self.retry_attempts = retry_attempts
         self.retry_timeout = retry_timeout
         self.on_call = on_call
+        self._token = token
         self.session = requests.Session()
         self.session.headers["Authorization"] = (
             f'OAuth oauth_consumer_key="{key}", oauth_token="{token}"'
@@ -211,13 +212,15 @@ class Client:
         params: Mapping[str, Any] | None,
         body: Mapping[str, Any] | None,
     ) -> Any:
+        url = self.api_url + path
+        path = path.replace(self._token, "<token>") if self._token else path  # for messages
         self.pacer.acquire()
         started = time.monotonic()
         status: int | None = None
         try:
             response = self.session.request(
                 method,
-                self.api_url + path,
+                url,
                 params=params,
                 json=body,
                 timeout=self.timeout,
@@ -276,6 +279,15 @@ class Client:
 
     def board_members(self, board_id: str) -> list[dict[str, Any]]:
         return self._request("GET", f"/boards/{board_id}/members")
+
+    def token_permissions(self) -> dict[str, bool]:
+        """Whether the token may read and write boards."""
+        info = self._request("GET", f"/tokens/{self._token}", params={"fields": "permissions"})
+        boards = [p for p in info.get("permissions", ()) if p.get("modelType") == "Board"]
+        return {
+            "read": any(p.get("read") for p in boards),
+            "write": any(p.get("write") for p in boards),
+        }
 
     def me(self) -> dict[str, Any]:
         return self._request("GET", "/members/me", params={"fields": "id,username,fullName"})

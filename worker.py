@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import config as config_module
+import reconcile
 import sync
 import trello
 from gitlab_io import IssueEvent
@@ -62,7 +63,7 @@ class Worker:
 
     # ------------------------------------------------------------------ the loop
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, *, reconcile: bool = True) -> None:
         """Deliver until ``stop`` is set; in-flight issues are finished before returning."""
         concurrency = int(self.config.trello["concurrency"])
         poll = float(self.config.worker["poll_interval"])
@@ -75,6 +76,7 @@ class Worker:
                 in_flight.discard(key)
             wake.set()
 
+        reconciler = self._start_reconciler(stop) if reconcile else None
         with ThreadPoolExecutor(concurrency, thread_name_prefix="deliver") as pool:
             while not stop.is_set():
                 with guard:
@@ -89,6 +91,27 @@ class Worker:
                 wake.wait(poll if not keys else 0.01)
                 wake.clear()
             log.info("worker stopping: finishing %d issue(s) in flight", len(in_flight))
+        if reconciler is not None:
+            reconciler.join(5)
+
+    def _start_reconciler(self, stop: threading.Event) -> threading.Thread | None:
+        """Reconcile ``[gitlab] projects`` every ``reconcile_interval`` seconds, first at start."""
+        interval = float(self.config.gitlab["reconcile_interval"])
+        api = reconcile.api_from_config(self.config)
+        if not interval or api is None or not self.config.gitlab["projects"]:
+            return None
+
+        def loop() -> None:
+            while not stop.is_set():
+                try:
+                    reconcile.reconcile(self.config, self.store, api, self.clock())
+                except Exception as exc:  # GitLab down or a bug: try again next time
+                    log.warning("reconciliation failed: %s", exc)
+                stop.wait(interval)
+
+        thread = threading.Thread(target=loop, name="reconcile", daemon=True)
+        thread.start()
+        return thread
 
     def process(self, issue_key: str) -> None:
         """Apply every pending delivery of one issue; never raises."""

@@ -73,6 +73,7 @@ _JSON = "application/json; charset=utf-8"
 ROUTES = [
     ("GET", "/members/me", "_get_me"),
     ("GET", "/members/me/boards", "_get_my_boards"),
+    ("GET", "/tokens/{}", "_get_token"),
     ("GET", "/boards/{}", "_get_board"),
     ("GET", "/boards/{}/lists", "_get_board_lists"),
     ("GET", "/boards/{}/labels", "_get_board_labels"),
@@ -796,6 +797,23 @@ class TrelloEmulator:
     def _get_me(self, p: dict, me: dict) -> dict:
         boards = [b for b, members in self._board_members.items() if me["id"] in members]
         return {**me, "idBoards": boards, "url": f"https://trello.com/{me['username']}"}
+
+    def _get_token(self, p: dict, me: dict, token: str) -> dict:
+        entry = self._tokens.get(token)
+        if entry is None:
+            raise ApiError(404, NOT_FOUND)
+        scopes, member_id = entry
+        access = {"read": "read" in scopes, "write": "write" in scopes}
+        return {
+            "id": _new_id(),
+            "identifier": "gitlab2trello",
+            "idMember": member_id,
+            "dateExpires": None,
+            "permissions": [
+                {"idModel": "*", "modelType": "Board", **access},
+                {"idModel": "*", "modelType": "Organization", **access},
+            ],
+        }
 
     def _get_my_boards(self, p: dict, me: dict) -> list[dict]:
         return [dict(self._boards[board_id]) for board_id in self._get_me(p, me)["idBoards"]]

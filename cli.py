@@ -1,0 +1,430 @@
+"""The command line for people who run the bridge: ``./gitlab2trello <subcommand>``.
+
+Exit codes: 0 all well, 1 a check failed or Trello/GitLab refused, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import config as config_module
+import reconcile
+import trello
+import worker as worker_module
+from gitlab_io import GitLabUnavailable, format_time
+from store import Store, StoreError
+
+USAGE_ERROR = 2
+
+
+class Failure(Exception):
+    """A problem to report in plain words, with the exit code to use."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def load_config() -> config_module.Config:
+    try:
+        return config_module.load()
+    except config_module.ConfigError as exc:
+        raise Failure(str(exc), USAGE_ERROR) from None
+
+
+def trello_client(cfg: config_module.Config) -> trello.Client:
+    t = cfg.trello
+    missing = [name for name in ("key", "token") if not t[name]]
+    if missing:
+        raise Failure(
+            f"[trello] {' and '.join(missing)} not set (config file or "
+            f"GITLAB2TRELLO_TRELLO_{missing[0].upper()})",
+            USAGE_ERROR,
+        )
+    return trello.Client(
+        t["api_url"],
+        t["key"],
+        t["token"],
+        connect_timeout=t["connect_timeout"],
+        read_timeout=t["read_timeout"],
+        pacer=trello.Pacer(limit=t["max_requests_per_10s"]),
+        retry_attempts=2,
+        retry_timeout=10,
+    )
+
+
+def open_store(cfg: config_module.Config) -> Store:
+    store = Store.from_config(cfg)
+    try:
+        store.setup()
+    except StoreError as exc:
+        raise Failure(str(exc)) from None
+    return store
+
+
+def trello_words(exc: trello.TrelloError) -> str:
+    """A Trello failure in plain words."""
+    if isinstance(exc, trello.TrelloAuthError):
+        if "key" in exc.detail:
+            return f"Trello refused the API key ({exc.detail}): check [trello] key"
+        return (
+            f"Trello refused the token ({exc.detail}): make a new one with "
+            "`./gitlab2trello authorize-url` and set [trello] token"
+        )
+    if isinstance(exc, trello.TrelloNotFound):
+        return f"Trello has no such object ({exc.method} {exc.path})"
+    if isinstance(exc, trello.TrelloUnavailable):
+        return f"Trello cannot be reached ({exc})"
+    return f"Trello said no: {exc}"
+
+
+def board_ref(text: str) -> str:
+    """A board id, shortLink, or board URL (https://trello.com/b/<shortLink>/<slug>)."""
+    match = re.search(r"trello\.com/b/([A-Za-z0-9]+)", text)
+    return match.group(1) if match else text.strip()
+
+
+def table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
+    )
+
+
+def when(stamp: str | float | None) -> str:
+    if stamp in (None, ""):
+        return "never"
+    return format_time(float(stamp)) or "never"
+
+
+# ---------------------------------------------------------------------- subcommands
+
+
+def cmd_authorize_url(args: argparse.Namespace) -> int:
+    cfg = load_config()
+    if not cfg.trello["key"]:
+        raise Failure(
+            "[trello] key is not set: copy the API key from https://trello.com/power-ups/admin "
+            "(tab API Key) into config.ini or GITLAB2TRELLO_TRELLO_KEY",
+            USAGE_ERROR,
+        )
+    print(trello.authorize_url(cfg.trello["key"], args.name))
+    print(
+        "\nOpen it while logged in to Trello, allow access, and put the token it shows in "
+        "GITLAB2TRELLO_TRELLO_TOKEN (or [trello] token).",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_boards(args: argparse.Namespace) -> int:
+    client = trello_client(load_config())
+    boards = [b for b in client.my_boards() if not b.get("closed")]
+    if not boards:
+        print("the token sees no open board")
+        return 0
+    print(
+        table(
+            [("ID", "SHORTLINK", "NAME")]
+            + [(b["id"], b.get("shortLink", ""), b["name"]) for b in boards]
+        )
+    )
+    return 0
+
+
+def cmd_lists(args: argparse.Namespace) -> int:
+    client = trello_client(load_config())
+    try:
+        board = client.get_board(board_ref(args.board))
+    except (trello.TrelloNotFound, trello.TrelloBadRequest):
+        raise Failure(
+            f"no board {args.board!r} that this token can see (try `./gitlab2trello boards`)"
+        ) from None
+    lists = [item for item in client.board_lists(board["id"]) if not item.get("closed")]
+    print(f"board {board['name']} ({board['id']})")
+    print(table([("LIST ID", "NAME")] + [(item["id"], item["name"]) for item in lists]))
+    print(
+        "\nPut the id of the list for new cards in [trello] list_id, closed ones in done_list_id."
+    )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    problems: list[str] = []
+    try:
+        cfg = config_module.load()
+    except config_module.ConfigError as exc:
+        print(f"problem: {exc}")
+        return 1
+    print(f"ok: configuration {cfg.path or '(defaults only)'} is valid")
+
+    def check(label: str, func: Callable[[], str]) -> None:
+        try:
+            print(f"ok: {label}: {func()}")
+        except trello.TrelloError as exc:
+            problems.append(f"{label}: {trello_words(exc)}")
+            print(f"problem: {problems[-1]}")
+        except (GitLabUnavailable, Failure, StoreError) as exc:
+            problems.append(f"{label}: {exc}")
+            print(f"problem: {problems[-1]}")
+
+    check("database", lambda: f"{open_store(cfg).path} is writable")
+    if not cfg.trello_configured:
+        problems.append("Trello: [trello] key, token and list_id must all be set")
+        print(f"problem: {problems[-1]}")
+    else:
+        client = trello_client(cfg)
+        check("Trello token", lambda: f"works, member {client.me().get('username')}")
+
+        def can_write() -> str:
+            if not client.token_permissions()["write"]:
+                raise Failure("the token cannot write: make one with scope=read,write")
+            return "can read and write boards"
+
+        check("Trello permissions", can_write)
+        routings = [("", cfg.default_routing)] + [
+            (f"[project:{name}] ", r) for name, r in cfg.projects.items()
+        ]
+        seen: set[str] = set()
+        for where, routing in routings:
+            ids = [("list_id", routing.list_id), ("done_list_id", routing.done_list_id)]
+            ids += [(f"[lists] {label}", list_id) for label, list_id in routing.lists.items()]
+            for name, list_id in ids:
+                if list_id and list_id not in seen:
+                    seen.add(list_id)
+                    check(
+                        f"{where}{name} {list_id}",
+                        lambda list_id=list_id: _list_ok(client, list_id),
+                    )
+    api = reconcile.api_from_config(cfg)
+    if api is None:
+        print("ok: GitLab REST API not configured (backfill and reconciliation are off)")
+    else:
+        check(f"GitLab {cfg.gitlab['url']}", lambda: f"token of {api.whoami()}")
+        for ref in cfg.gitlab["projects"]:
+            check(f"GitLab project {ref}", lambda ref=ref: api.project(ref)["web_url"])
+    if problems:
+        print(f"\n{len(problems)} problem(s) found")
+        return 1
+    print("\nall well")
+    return 0
+
+
+def _list_ok(client: trello.Client, list_id: str) -> str:
+    try:
+        found = client.get_list(list_id)
+    except (trello.TrelloNotFound, trello.TrelloBadRequest):
+        raise Failure("no such list, or the token cannot see its board") from None
+    board = client.get_board(found["idBoard"])
+    return f"list {found['name']!r} on board {board['name']!r}"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = load_config()
+    store = open_store(cfg)
+    health = store.health()
+    print(f"database          {store.path}")
+    print(f"pending           {health['pending']}")
+    print(f"waiting for card  {health['waiting_for_card']}")
+    print(f"cards mapped      {health['cards']}")
+    print(f"last delivery     {when(store.meta('last_delivery_at'))}")
+    print(f"last reconcile    {when(store.meta('last_reconcile_at'))}")
+    dead = store.dead_letters()
+    print(f"dead letters      {len(dead)}")
+    for letter in dead:
+        failed = when(letter["failed_at"])
+        print(f"  {letter['id']:>6}  {letter['issue_key']}  {failed}  {letter['reason']}")
+    if dead:
+        print("\nFix the cause, then `./gitlab2trello replay --all` (or replay ID ...).")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    if not args.all and not args.ids:
+        raise Failure("name dead letters to replay (ID ...) or use --all", USAGE_ERROR)
+    store = open_store(load_config())
+    count = store.replay(None if args.all else args.ids)
+    print(f"{count} dead letter(s) queued again")
+    if args.ids and count < len(args.ids):
+        print("some ids were not dead letters (see `./gitlab2trello status`)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    cfg = load_config()
+    api = reconcile.api_from_config(cfg)
+    if api is None:
+        raise Failure("set [gitlab] url and private_token to read issues from GitLab", USAGE_ERROR)
+    store = open_store(cfg)
+    project = api.project(args.project)
+    name = project.get("path_with_namespace", args.project)
+    events = api.issues(project, state=args.state)
+    with progress(f"reading {name}", total=None) as tick:
+        outcome = reconcile.queue_issues(
+            cfg, store, events, dry_run=args.dry_run, progress=lambda e, v: tick(f"#{e.iid} {v}")
+        )
+    if args.dry_run:
+        for line in outcome.would:
+            print(line)
+        print(
+            f"dry run: {outcome.seen} issue(s), {outcome.queued} to change, "
+            f"{outcome.up_to_date} up to date, {outcome.ignored} ignored; nothing was changed"
+        )
+        return 0
+    print(
+        f"{outcome.seen} issue(s): {outcome.queued} queued, {outcome.up_to_date} up to date, "
+        f"{outcome.ignored} ignored"
+    )
+    return deliver(cfg, store, outcome.delivery_ids)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    cfg = load_config()
+    api = reconcile.api_from_config(cfg)
+    if api is None or not cfg.gitlab["projects"]:
+        raise Failure("set [gitlab] url, private_token and projects to reconcile", USAGE_ERROR)
+    store = open_store(cfg)
+    outcome = reconcile.reconcile(cfg, store, api)
+    print(f"{outcome.seen} issue(s) changed since the last pass, {outcome.queued} queued")
+    return deliver(cfg, store, outcome.delivery_ids)
+
+
+def deliver(cfg: config_module.Config, store: Store, ids: list[int]) -> int:
+    """Wait until ``ids`` are delivered: by the running service's worker, else by this process."""
+    if not ids:
+        return 0
+    lock = _try_lock(f"{cfg.database}.worker.lock")
+    stop = threading.Event()
+    runner = None
+    if lock is not None:
+        bridge = worker_module.build(cfg)
+        if bridge.client is None:
+            os.close(lock)
+            raise Failure("Trello is not configured; the issues are queued for later")
+        runner = threading.Thread(target=bridge.run, args=(stop,), kwargs={"reconcile": False})
+        runner.start()
+        print("delivering (no service is running, so this command delivers)", file=sys.stderr)
+    else:
+        print("the running service is delivering them", file=sys.stderr)
+    try:
+        with progress("delivering", total=len(ids)) as tick:
+            done = 0
+            while True:
+                left = store.unfinished(ids)
+                for _ in range(len(ids) - left - done):
+                    tick(None)
+                done = len(ids) - left
+                if left == 0:
+                    break
+                time.sleep(0.2)
+    finally:
+        stop.set()
+        if runner is not None:
+            runner.join()
+        if lock is not None:
+            os.close(lock)
+    dead = [d for d in store.dead_letters() if d["id"] in set(ids)]
+    print(f"{len(ids) - len(dead)} delivered, {len(dead)} dead letter(s)")
+    return 1 if dead else 0
+
+
+def _try_lock(path: str) -> int | None:
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextlib.contextmanager
+def progress(label: str, total: int | None) -> Iterator[Callable[[str | None], None]]:
+    """A tqdm bar on a terminal; plain lines (one per item) otherwise."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        with tqdm(total=total, desc=label, unit="issue", file=sys.stderr) as bar:
+            yield lambda _line: bar.update(1)
+        return
+    count = 0
+
+    def line(text: str | None) -> None:
+        nonlocal count
+        count += 1
+        suffix = f"/{total}" if total else ""
+        print(f"{label}: {count}{suffix}" + (f" {text}" if text else ""), file=sys.stderr)
+
+    yield line
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="gitlab2trello",
+        description="Operate the GitLab-to-Trello bridge. Reads the same configuration as the "
+        "service (config.ini, GITLAB2TRELLO_CONFIG, GITLAB2TRELLO_<SECTION>_<KEY>).",
+    )
+    sub = top.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], text: str) -> Any:
+        command = sub.add_parser(name, help=text, description=text)
+        command.set_defaults(func=func)
+        return command
+
+    auth = add("authorize-url", cmd_authorize_url, "print the Trello page that grants a token")
+    auth.add_argument("--name", default="gitlab2trello", help="app name Trello shows")
+    add("boards", cmd_boards, "list the boards the token can see, with their ids")
+    lists = add("lists", cmd_lists, "list a board's lists with their ids, for config.ini")
+    lists.add_argument("board", metavar="BOARD", help="board id, shortLink or board URL")
+    add("check", cmd_check, "check the configuration, Trello and GitLab; exit 0 when all is well")
+    add("status", cmd_status, "pending deliveries, dead letters, cards, last sync times")
+    replay = add("replay", cmd_replay, "queue dead letters again once their cause is fixed")
+    replay.add_argument("ids", nargs="*", type=int, metavar="ID", help="dead letter ids")
+    replay.add_argument("--all", action="store_true", help="every dead letter")
+    backfill = add("backfill", cmd_backfill, "make the board match a project's existing issues")
+    backfill.add_argument("--project", required=True, help="project id or group/path")
+    backfill.add_argument("--state", choices=("opened", "closed", "all"), default="opened")
+    backfill.add_argument("--dry-run", action="store_true", help="print what would change only")
+    add("reconcile", cmd_reconcile, "one reconciliation pass over [gitlab] projects now")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args))
+    except Failure as exc:
+        print(f"gitlab2trello {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except trello.TrelloError as exc:
+        print(f"gitlab2trello {args.command}: {trello_words(exc)}", file=sys.stderr)
+        return 1
+    except GitLabUnavailable as exc:
+        print(f"gitlab2trello {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; queued deliveries stay queued", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
