@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import config as config_module
+import observe
 import reconcile
 import trello
 import worker as worker_module
@@ -407,9 +408,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    import logging
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    observe.setup_logging("warning")
     try:
         return int(args.func(args))
     except Failure as exc:

@@ -17,6 +17,7 @@ from bottle import Bottle, HTTPResponse, request, response
 
 import config as config_module
 import gitlab_io
+import observe
 from store import Store, StoreError
 
 log = logging.getLogger("gitlab2trello.server")
@@ -28,6 +29,17 @@ def _text(status: int, message: str, **headers: str) -> HTTPResponse:
         status=status,
         headers={"Content-Type": "text/plain; charset=utf-8", **headers},
     )
+
+
+# status of an answer to POST /issue -> outcome label of gitlab2trello_deliveries_received
+OUTCOMES = {
+    202: "queued",
+    200: "duplicate_or_ignored",
+    400: "bad_request",
+    401: "unauthorized",
+    413: "too_large",
+    503: "unavailable",
+}
 
 
 def _json(status: int, payload: dict[str, Any]) -> HTTPResponse:
@@ -58,8 +70,20 @@ def make_app(
     confidential = cfg.gitlab["confidential"]
     app = Bottle(catchall=True, autojson=False)
 
+    @app.hook("before_request")
+    def tag_request() -> None:
+        response.set_header(
+            "X-Request-Id", observe.new_request_id(request.headers.get("X-Request-Id"))
+        )
+
     @app.post("/issue")
     def issue() -> HTTPResponse:
+        answer = receive()
+        observe.count_delivery(OUTCOMES.get(answer.status_code, str(answer.status_code)))
+        answer.set_header("X-Request-Id", observe.request_id.get())
+        return answer
+
+    def receive() -> HTTPResponse:
         length = request.content_length
         if length > max_body:
             return _text(413, f"body larger than {max_body} bytes")
@@ -114,6 +138,15 @@ def make_app(
     def hello(name: str) -> str:
         response.content_type = "text/plain; charset=utf-8"
         return f"Hello {name}!\n"
+
+    @app.get("/metrics")
+    def metrics() -> HTTPResponse:
+        try:
+            counts = store.health()
+        except StoreError:
+            counts = {}
+        body, content_type = observe.render(counts)
+        return HTTPResponse(body, status=200, headers={"Content-Type": content_type})
 
     @app.get("/healthz")
     def healthz() -> HTTPResponse:
@@ -183,9 +216,8 @@ def _first_process() -> bool:
 def create_application() -> Bottle:
     """The service's application, from ``config.ini`` and the environment."""
     cfg = config_module.load()
-    logging.basicConfig(
-        level=cfg.server["log_level"].upper(), format="%(asctime)s %(name)s %(message)s"
-    )
+    observe.setup_logging(cfg.server["log_level"], observe.secrets_of(cfg))
+    observe.setup_metrics(cfg.database)
     if _first_process():
         _startup_warnings(cfg)
     return make_app(cfg)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import config as config_module
+import observe
 import reconcile
 import sync
 import trello
@@ -104,8 +105,10 @@ class Worker:
         def loop() -> None:
             while not stop.is_set():
                 try:
-                    reconcile.reconcile(self.config, self.store, api, self.clock())
+                    outcome = reconcile.reconcile(self.config, self.store, api, self.clock())
+                    observe.count_reconcile(True, outcome.queued)
                 except Exception as exc:  # GitLab down or a bug: try again next time
+                    observe.count_reconcile(False)
                     log.warning("reconciliation failed: %s", exc)
                 stop.wait(interval)
 
@@ -118,6 +121,7 @@ class Worker:
         pending = self.store.pending_for(issue_key)
         if not pending:
             return
+        observe.request_id.set(f"d{pending[0].id}")
         try:
             self._apply(issue_key, pending)
         except trello.TrelloError as exc:
@@ -178,6 +182,7 @@ class Worker:
                 )
                 outcome = "commented"
             self.store.finish([(delivery.id, outcome)])
+            observe.observe_latency([self.clock() - delivery.received_at])
             log.info("%s: %s -> %s on card %s", issue_key, event.describe, outcome, row.card_id)
 
     def _apply_issue(
@@ -248,6 +253,8 @@ class Worker:
             event.updated_at,
             done=done,
         )
+        now = self.clock()
+        observe.observe_latency(now - p.received_at for p, _ in events)
         log.info(
             "%s: %s -> card %s (%d call%s)",
             issue_key,
@@ -375,6 +382,7 @@ def build(cfg: config_module.Config) -> Worker:
             connect_timeout=t["connect_timeout"],
             read_timeout=t["read_timeout"],
             pacer=trello.Pacer(limit=t["max_requests_per_10s"], interval=10.0),
+            on_call=observe.count_trello_call,
         )
     return Worker(cfg, store, client)
 
@@ -382,9 +390,8 @@ def build(cfg: config_module.Config) -> Worker:
 def main() -> None:
     """Entry point of the uWSGI mule (``mule = worker:main``) and of ``python worker.py``."""
     cfg = config_module.load()
-    logging.basicConfig(
-        level=cfg.server["log_level"].upper(), format="%(asctime)s %(name)s %(message)s"
-    )
+    observe.setup_logging(cfg.server["log_level"], observe.secrets_of(cfg))
+    observe.setup_metrics(cfg.database)
     if not cfg.worker["enabled"]:
         log.info("worker disabled by [worker] enabled = false")
         signal.pause()

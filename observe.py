@@ -1,0 +1,198 @@
+"""What the bridge tells the people who run it: log lines and Prometheus metrics.
+
+Logs: one format for every process, a request id on every line (``[r-…]`` for a webhook
+request, ``[d<id>]`` for the worker delivering that delivery), and a filter that blanks any
+configured secret that would reach a log line.
+
+Metrics: counters and histograms live in ``prometheus_client``'s multiprocess files (one per
+process of the uWSGI service, in a folder per start of the service), so ``GET /metrics`` sums
+every web process and the worker; gauges that describe the queue are read from the store when
+scraped.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+# ---------------------------------------------------------------------- logs
+
+
+class _Context(logging.Filter):
+    """Adds the request id and blanks secrets."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s and len(s) >= 4]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        if self.secrets:
+            message = record.getMessage()
+            for secret in self.secrets:
+                message = message.replace(secret, "***")
+            record.msg, record.args = message, None
+        return True
+
+
+def setup_logging(level: str = "info", secrets: Iterable[str] = ()) -> None:
+    """Configure the root logger once per process."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(_Context(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def new_request_id(given: str | None = None) -> str:
+    """Use a sane ``X-Request-Id`` from nginx or the client, else make one; set it for logs."""
+    rid = given if given and _SAFE_ID.match(given) else "r-" + uuid.uuid4().hex[:12]
+    request_id.set(rid)
+    return rid
+
+
+def secrets_of(cfg: Any) -> list[str]:
+    """Every configured value that must never reach a log line."""
+    return [
+        cfg.trello["token"],
+        cfg.gitlab["secret_token"],
+        cfg.gitlab["signing_token"],
+        cfg.gitlab["private_token"],
+    ]
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+class _Metrics:
+    """The metric objects, created by ``setup_metrics`` (no-ops until then)."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.multiprocess_dir: str | None = None
+
+    def setup(self, folder: Path | None) -> None:
+        if self.ready:
+            return
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+            self.multiprocess_dir = str(folder)
+        from prometheus_client import Counter, Histogram
+
+        self.received = Counter(
+            "gitlab2trello_deliveries_received",
+            "Webhook deliveries received, by outcome",
+            ["outcome"],
+        )
+        self.trello_calls = Counter(
+            "gitlab2trello_trello_calls",
+            "Trello API calls, by method and HTTP status (0: no answer)",
+            ["method", "status"],
+        )
+        self.latency = Histogram(
+            "gitlab2trello_delivery_latency_seconds",
+            "Time from receiving a delivery to its change being on the card",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400),
+        )
+        self.reconcile_runs = Counter(
+            "gitlab2trello_reconcile_runs", "Reconciliation passes, by result", ["result"]
+        )
+        self.reconcile_fixes = Counter(
+            "gitlab2trello_reconcile_fixes",
+            "Issues a reconciliation pass found out of date and queued",
+        )
+        self.ready = True
+
+
+METRICS = _Metrics()
+
+
+def setup_metrics(database: Path) -> None:
+    """Turn metrics on for this process; under uWSGI, in the folder of this service start."""
+    try:
+        import uwsgi  # type: ignore[import-not-found]
+    except ImportError:
+        METRICS.setup(None)
+        return
+    base = database.parent / "metrics"
+    folder = base / str(uwsgi.masterpid())
+    if base.exists():  # files of earlier starts of the service
+        for old in base.iterdir():
+            if old.name != folder.name:
+                shutil.rmtree(old, ignore_errors=True)
+    METRICS.setup(folder)
+
+
+def count_delivery(outcome: str) -> None:
+    if METRICS.ready:
+        METRICS.received.labels(outcome).inc()
+
+
+def count_trello_call(method: str, path: str, status: int | None, elapsed_ms: float) -> None:
+    if METRICS.ready:
+        METRICS.trello_calls.labels(method, str(status or 0)).inc()
+
+
+def observe_latency(seconds: Iterable[float]) -> None:
+    if METRICS.ready:
+        for value in seconds:
+            METRICS.latency.observe(max(value, 0.0))
+
+
+def count_reconcile(ok: bool, fixes: int = 0) -> None:
+    if METRICS.ready:
+        METRICS.reconcile_runs.labels("ok" if ok else "error").inc()
+        if fixes:
+            METRICS.reconcile_fixes.inc(fixes)
+
+
+def render(store_counts: dict[str, int]) -> tuple[bytes, str]:
+    """The text exposition: every process's counters plus the store's gauges."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client.core import GaugeMetricFamily
+
+    registry = CollectorRegistry()
+    if METRICS.multiprocess_dir:
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry, path=METRICS.multiprocess_dir)
+    else:
+        from prometheus_client import REGISTRY
+
+        registry = REGISTRY
+
+    class StoreGauges:
+        def collect(self) -> Iterator[GaugeMetricFamily]:
+            for name, key, text in (
+                ("gitlab2trello_queue_depth", "pending", "Deliveries waiting to be delivered"),
+                ("gitlab2trello_waiting_for_card", "waiting_for_card", "Comments waiting"),
+                ("gitlab2trello_dead_letters", "dead_letters", "Deliveries given up on"),
+                ("gitlab2trello_cards", "cards", "Issues that have a card"),
+            ):
+                yield GaugeMetricFamily(name, text, value=store_counts.get(key, 0))
+
+    body = generate_latest(registry) + generate_latest(_single(StoreGauges()))
+    return body, CONTENT_TYPE_LATEST
+
+
+def _single(collector: Any) -> Any:
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return registry
