@@ -203,14 +203,17 @@ def load(
     """Read, override and validate; raise ``ConfigError`` listing every problem."""
     environ = os.environ if environ is None else environ
     problems: list[str] = []
-    parser = configparser.ConfigParser(interpolation=None, default_section="__none__")
+    # "=" only: scoped labels like "priority::high" are keys of [lists]
+    parser = configparser.ConfigParser(
+        interpolation=None, default_section="__none__", delimiters=("=",)
+    )
     parser.optionxform = str  # keep label and user names as written
     file_path = Path(path) if path is not None else config_path(environ)
     if file_path.exists():
         try:
             with file_path.open(encoding="utf-8") as handle:
                 parser.read_file(handle)
-        except (configparser.Error, UnicodeDecodeError) as exc:
+        except (configparser.Error, UnicodeDecodeError, OSError) as exc:
             raise ConfigError([f"{file_path}: {exc}"]) from None
     elif path is not None or ENV_FILE in environ:
         raise ConfigError([f"{file_path}: no such file"])

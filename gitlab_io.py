@@ -23,7 +23,9 @@ from urllib.parse import urlsplit
 ISSUE_EVENTS = ("Issue Hook", "Confidential Issue Hook")
 NOTE_EVENTS = ("Note Hook", "Confidential Note Hook")
 ACTIONS = ("open", "update", "close", "reopen")
-_HTTP_URL = re.compile(r"^https?://[^/\s]+/\S*$")
+_HTTP_URL = re.compile(
+    r"^https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?/\S*$", re.ASCII
+)
 
 
 class BadDelivery(ValueError):
@@ -188,7 +190,8 @@ def authenticate(
 
 _TIME = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})"
-    r"(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?\s*(Z|UTC|[+-]\d{2}:?\d{2})?)?$"
+    r"(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?\s*(Z|UTC|[+-]\d{2}:?\d{2})?)?$",
+    re.ASCII,
 )
 
 
@@ -217,7 +220,10 @@ def parse_time(value: Any) -> float | None:
     if zone and zone not in ("Z", "UTC"):
         sign = -1 if zone[0] == "-" else 1
         digits = zone[1:].replace(":", "")
-        offset = sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+        hours, minutes = int(digits[:2]), int(digits[2:])
+        if hours > 23 or minutes > 59:
+            raise ValueError(f"not a timestamp: {value!r}")
+        offset = sign * (hours * 3600 + minutes * 60)
     return stamp.timestamp() - offset
 
 
@@ -251,6 +257,8 @@ def decode_body(body: bytes) -> dict[str, Any]:
         raise BadDelivery(f"body is not valid JSON: {exc.msg} at line {exc.lineno}") from None
     except RecursionError:
         raise BadDelivery("body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer longer than Python converts
+        raise BadDelivery(f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadDelivery(f"body must be a JSON object, not {_json_type(data)}")
     return data
@@ -315,7 +323,9 @@ def parse_note(data: Mapping[str, Any], headers: Mapping[str, str]) -> Delivery 
     project_id = attrs.get("project_id", issue.get("project_id", project.get("id")))
     if not _is_int(project_id):
         raise BadDelivery("object_attributes.project_id must be an integer")
-    url = issue.get("url") if isinstance(issue.get("url"), str) else note_url.split("#")[0]
+    url = issue.get("url")
+    if not isinstance(url, str) or not _HTTP_URL.match(url):
+        url = note_url.split("#")[0]
     user = data.get("user") if isinstance(data.get("user"), dict) else {}
     author = _str_or_none(user.get("username")) or "someone"
     instance = instance_of(url)

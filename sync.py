@@ -70,7 +70,7 @@ def truncate(text: str, url: str, limit: int = MAX_TEXT) -> str:
 
 def card_name(iid: int, title: str) -> str:
     """``[ ISSUE 23 ] New API: create/update/delete file``, within Trello's limit."""
-    name = NAME_FORMAT.format(iid=iid, title=" ".join(title.split()))
+    name = NAME_FORMAT.format(iid=iid, title=neutralise_mentions(" ".join(title.split())))
     if len(name) <= MAX_TEXT:
         return name
     note = " ... (truncated)"
@@ -164,13 +164,17 @@ def _unique_labels(labels: Sequence[Label]) -> tuple[Label, ...]:
 
 
 def applied_state(
-    spec: CardSpec, label_ids: Mapping[str, str], member_ids: Mapping[str, str]
+    spec: CardSpec,
+    label_ids: Mapping[str, str],
+    member_ids: Mapping[str, str],
+    previous: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What the bridge writes down after applying ``spec`` (compared on the next event)."""
+    archived_in_place = spec.closed and previous is not None
     return {
         "name": spec.name,
         "desc": spec.desc,
-        "list": spec.list_id,
+        "list": previous.get("list") if archived_in_place else spec.list_id,
         "closed": spec.closed,
         "due": spec.due,
         "labels": {label.name.lower(): label_ids[label.name.lower()] for label in spec.labels},
@@ -234,7 +238,8 @@ def plan(
         changes["name"] = spec.name
     if spec.desc != applied.get("desc"):
         changes["desc"] = spec.desc
-    if spec.list_id and spec.list_id != applied.get("list"):
+    if spec.list_id and spec.list_id != applied.get("list") and not spec.closed:
+        # an archived card (closed, no done list) stays in the list it was in
         changes["idList"] = spec.list_id
     if spec.closed != bool(applied.get("closed")):
         changes["closed"] = spec.closed

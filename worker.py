@@ -249,7 +249,7 @@ class Worker:
             issue_key,
             card_id,
             board.id,
-            sync.applied_state(spec, labels, members) if card_id else None,
+            sync.applied_state(spec, labels, members, applied) if card_id else None,
             event.updated_at,
             done=done,
         )
