@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import time
 
 import pytest
 
@@ -279,3 +281,35 @@ def test_kill_9_mid_burst_loses_and_doubles_nothing(service, trello):
     names = [c["name"] for c in trello.cards()]
     assert len(names) == 100
     assert len(set(names)) == 100
+
+
+def test_bad_configuration_stops_the_start_with_every_problem(make_service):
+    """Unknown keys and bad values make uWSGI refuse to start, naming every problem at once."""
+    service = make_service(
+        {"server": {"max_body_bytes": "lots", "colour": "blue"}, "trello": {"list_id": "x"}},
+        start=False,
+    )
+    service.start(wait=False)
+    assert service.proc.wait(30) != 0
+    log = service.log()
+    assert "[server] max_body_bytes = 'lots'" in log
+    assert "[server] colour: unknown key" in log
+    assert "[trello] list_id = 'x'" in log
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_and_sigterm_stop_the_whole_service(service, signum):
+    """Ctrl-C and SIGTERM stop master, web processes and worker promptly."""
+    assert service.post(issue_payload(1)).status_code == 202
+    service.wait_idle()
+    started = time.monotonic()
+    service.proc.send_signal(signum)
+    service.proc.wait(15)
+    assert time.monotonic() - started < 15
+    assert "goodbye to uWSGI" in service.log()
+    assert "worker stopped" in service.log()
+
+
+def test_missing_secrets_warn_once_at_start(service):
+    """With neither secret set, the start-up log warns exactly once."""
+    assert service.log().count("nor signing_token is set") == 1
