@@ -89,9 +89,15 @@ class _Metrics:
         if self.ready:
             return
         if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
-            self.multiprocess_dir = str(folder)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                logging.getLogger("gitlab2trello.metrics").warning(
+                    "metrics of this process only: cannot create %s: %s", folder, exc
+                )
+            else:
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+                self.multiprocess_dir = str(folder)
         from prometheus_client import Counter, Histogram
 
         self.received = Counter(

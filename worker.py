@@ -27,7 +27,7 @@ import reconcile
 import sync
 import trello
 from gitlab_io import IssueEvent
-from store import PendingDelivery, Store
+from store import PendingDelivery, Store, StoreError
 
 log = logging.getLogger("gitlab2trello.worker")
 
@@ -388,14 +388,10 @@ def build(cfg: config_module.Config) -> Worker:
 
 
 def main() -> None:
-    """Entry point of the uWSGI mule (``mule = worker:main``) and of ``python worker.py``."""
+    """Entry point of the uWSGI mule (``mule = worker.py``) and of ``python worker.py``."""
     cfg = config_module.load()
     observe.setup_logging(cfg.server["log_level"], observe.secrets_of(cfg))
     observe.setup_metrics(cfg.database)
-    if not cfg.worker["enabled"]:
-        log.info("worker disabled by [worker] enabled = false")
-        signal.pause()
-        return
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: Any) -> None:
@@ -404,19 +400,32 @@ def main() -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, request_stop)
-    worker = build(cfg)
-    if worker.client is None:
+    if not cfg.worker["enabled"]:
+        log.info("worker disabled by [worker] enabled = false")
+    elif not cfg.trello_configured:
         log.warning(
             "Trello is not configured ([trello] key, token, list_id): deliveries are stored "
             "and wait until it is"
         )
-        while not stop.is_set() and worker.client is None:
-            stop.wait(1.0)
+    else:
+        _deliver_until(cfg, stop)
+    stop.wait()
+    log.info("worker stopped")
+
+
+def _deliver_until(cfg: config_module.Config, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            worker = build(cfg)
+            break
+        except StoreError as exc:  # keep trying: the web side answers 503 meanwhile
+            log.error("worker cannot start: %s", exc)
+            stop.wait(5)
+    else:
         return
     with single_instance(f"{cfg.database}.worker.lock"):
         log.info("worker started (pid %d)", os.getpid())
         worker.run(stop)
-    log.info("worker stopped")
 
 
 if __name__ == "__main__":
