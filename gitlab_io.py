@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import stamina
+
 ISSUE_EVENTS = ("Issue Hook", "Confidential Issue Hook")
 NOTE_EVENTS = ("Note Hook", "Confidential Note Hook")
 ACTIONS = ("open", "update", "close", "reopen")
@@ -521,13 +523,23 @@ class GitLabAPI:
 
         self._errors = (python_gitlab.exceptions.GitlabError, OSError)
         self.url = url
+        # retries are ours (bounded by attempts and time): python-gitlab's own back off for
+        # minutes on a GitLab that does not answer
         self.gl = python_gitlab.Gitlab(
-            url, private_token=private_token, timeout=timeout, retry_transient_errors=True
+            url, private_token=private_token, timeout=timeout, retry_transient_errors=False
         )
 
     def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        def transient(exc: Exception) -> bool:
+            code = getattr(exc, "response_code", None)
+            return isinstance(exc, OSError) or (code is not None and (code >= 500 or code == 429))
+
         try:
-            return func(*args, **kwargs)
+            for attempt in stamina.retry_context(
+                on=transient, attempts=3, timeout=20, wait_initial=0.3, wait_max=3
+            ):
+                with attempt:
+                    return func(*args, **kwargs)
         except self._errors as exc:
             code = getattr(exc, "response_code", None)
             detail = f"HTTP {code}" if code else type(exc).__name__
