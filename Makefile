@@ -45,7 +45,7 @@ bench: $(VENV)/.dev-deps nginx
 
 ## soak: the long fault campaign
 soak: $(VENV)/.dev-deps nginx
-	$(BIN)/pytest -m soak --soak
+	$(BIN)/pytest tests/test_faults.py --soak
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis

@@ -164,6 +164,8 @@ class Store:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            # give the disk back after each checkpoint instead of keeping a large WAL file
+            conn.execute("PRAGMA journal_size_limit = 4194304")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
         self._local.conn = conn

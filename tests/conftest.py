@@ -206,6 +206,16 @@ def wait_for(condition: Callable[[], Any], timeout: float = 20, message: str = "
     raise AssertionError(f"timed out: {message}")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak", action="store_true", help="run the fault campaign at full length (make soak)"
+    )
+
+
+# never to be found in a log line or an answer body (tests configure these)
+KNOWN_SECRETS = ("ATTA" + "t" * 72, "hook-secret-value", "s3cret-token-value", "whsec_")
+
+
 @pytest.fixture
 def trello() -> Iterator[TrelloEmulator]:
     """A Trello emulator with one board, lists "To Do" and "Done"."""
@@ -242,6 +252,10 @@ def make_service(tmp_path: Path, trello: TrelloEmulator) -> Iterator[Callable[..
     yield make
     for service in started:
         service.stop()
+    for service in started:  # secrets never reach the service's log
+        log = service.log()
+        leaked = [secret[:6] + "..." for secret in KNOWN_SECRETS if secret in log]
+        assert not leaked, f"secret in {service.log_path}: {leaked}"
 
 
 @pytest.fixture

@@ -157,7 +157,7 @@ def test_check_reports_configuration_errors(cli, settings):
 
 
 def test_backfill_150_issues_twice_and_dry_run(cli, gitlab, trello):
-    """Backfill of 150 issues over several pages makes 150 cards; a re-run and a dry run add none."""
+    """Backfill of 150 issues over pages makes 150 cards; a re-run and a dry run add none."""
     for number in range(1, 151):
         gitlab.add_issue(42, title=f"Existing {number}", labels=["bug"] if number % 2 else [])
     gitlab.add_issue(42, title="Closed one", state="closed")
