@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from bottle import Bottle, HTTPResponse, request, response
@@ -21,6 +21,35 @@ import observe
 from store import Store, StoreError
 
 log = logging.getLogger("gitlab2trello.server")
+
+
+class Headers(Mapping[str, str]):
+    """Request headers from the WSGI environ, case-insensitive, never failing to decode.
+
+    Bottle's own header dict raises on bytes that are not UTF-8; a hostile header must give a
+    clear 4xx, not a 500.
+    """
+
+    def __init__(self, environ: Mapping[str, Any]) -> None:
+        self._values: dict[str, str] = {}
+        for key, value in environ.items():
+            if key.startswith("HTTP_"):
+                name = key[5:]
+            elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                name = key
+            else:
+                continue
+            text = value.encode("latin-1", "replace").decode("utf-8", "replace")
+            self._values[name.replace("_", "-").lower()] = text
+
+    def __getitem__(self, name: str) -> str:
+        return self._values[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
 
 
 def _text(status: int, message: str, **headers: str) -> HTTPResponse:
@@ -72,9 +101,8 @@ def make_app(
 
     @app.hook("before_request")
     def tag_request() -> None:
-        response.set_header(
-            "X-Request-Id", observe.new_request_id(request.headers.get("X-Request-Id"))
-        )
+        given = Headers(request.environ).get("X-Request-Id")
+        response.set_header("X-Request-Id", observe.new_request_id(given))
 
     @app.post("/issue")
     def issue() -> HTTPResponse:
@@ -90,7 +118,7 @@ def make_app(
         body = request.body.read(max_body + 1)
         if len(body) > max_body:
             return _text(413, f"body larger than {max_body} bytes")
-        headers = request.headers
+        headers = Headers(request.environ)
         try:
             gitlab_io.authenticate(
                 headers,

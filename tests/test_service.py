@@ -312,4 +312,8 @@ def test_sigint_and_sigterm_stop_the_whole_service(service, signum):
 
 def test_missing_secrets_warn_once_at_start(service):
     """With neither secret set, the start-up log warns exactly once."""
+    wait_for(lambda: "nor signing_token is set" in service.log(), message="warning logged")
+    for _ in range(4):  # both web processes have answered, so both have started
+        assert service.post(issue_payload(1), key="same").status_code in (200, 202)
+    time.sleep(0.5)
     assert service.log().count("nor signing_token is set") == 1
