@@ -15,7 +15,7 @@ import hmac
 import json
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -99,7 +99,11 @@ class IssueEvent:
         return f"{self.author or '?'} {what} #{self.iid} in {where}"
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
+        # by hand rather than dataclasses.asdict, which costs a quarter of a webhook request
+        data = dict(self.__dict__)
+        data["labels"] = [vars(label) for label in self.labels]
+        data["note"] = vars(self.note) if self.note else None
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> IssueEvent:

@@ -101,8 +101,8 @@ def make_app(
 
     @app.hook("before_request")
     def tag_request() -> None:
-        given = Headers(request.environ).get("X-Request-Id")
-        response.set_header("X-Request-Id", observe.new_request_id(given))
+        headers = request.environ["gitlab2trello.headers"] = Headers(request.environ)
+        response.set_header("X-Request-Id", observe.new_request_id(headers.get("X-Request-Id")))
 
     @app.post("/issue")
     def issue() -> HTTPResponse:
@@ -118,7 +118,7 @@ def make_app(
         body = request.body.read(max_body + 1)
         if len(body) > max_body:
             return _text(413, f"body larger than {max_body} bytes")
-        headers = Headers(request.environ)
+        headers = request.environ["gitlab2trello.headers"]
         try:
             gitlab_io.authenticate(
                 headers,
