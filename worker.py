@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -83,7 +84,12 @@ class Worker:
                 with guard:
                     room = concurrency * 2 - len(in_flight)
                     busy = set(in_flight)
-                keys = self.store.due_issues(self.clock(), busy, room) if room > 0 else []
+                try:
+                    keys = self.store.due_issues(self.clock(), busy, room) if room > 0 else []
+                except (StoreError, sqlite3.Error) as exc:
+                    log.error("cannot read the queue: %s", exc)
+                    keys = []
+                    stop.wait(1)
                 for key in keys:
                     with guard:
                         in_flight.add(key)
@@ -118,17 +124,26 @@ class Worker:
 
     def process(self, issue_key: str) -> None:
         """Apply every pending delivery of one issue; never raises."""
-        pending = self.store.pending_for(issue_key)
-        if not pending:
-            return
-        observe.request_id.set(f"d{pending[0].id}")
         try:
-            self._apply(issue_key, pending)
-        except trello.TrelloError as exc:
-            self._failed(issue_key, pending, exc, transient=exc.transient)
-        except Exception as exc:  # a bug must not stop the loop: back off and keep the delivery
-            log.exception("unexpected error applying %s", issue_key)
-            self._failed(issue_key, pending, exc, transient=True)
+            pending = self.store.pending_for(issue_key)
+            if not pending:
+                return
+            observe.request_id.set(f"d{pending[0].id}")
+            try:
+                self._apply(issue_key, pending)
+            except trello.TrelloError as exc:
+                self._failed(issue_key, pending, exc, transient=exc.transient)
+            except (StoreError, sqlite3.Error):
+                raise
+            except Exception as exc:  # a bug must not stop the loop: back off, keep the delivery
+                log.exception("unexpected error applying %s", issue_key)
+                self._failed(issue_key, pending, exc, transient=True)
+        except (
+            StoreError,
+            sqlite3.Error,
+        ) as exc:  # full disk, broken file: deliveries stay pending
+            log.error("%s: the store failed (%s); trying again shortly", issue_key, exc)
+            time.sleep(1)
 
     def _failed(
         self, issue_key: str, pending: list[PendingDelivery], exc: Exception, *, transient: bool
