@@ -6,7 +6,7 @@ VENV   := .venv
 PORT   ?= 8080
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint unit bench soak nginx clean
+.PHONY: run test lint unit bench bench-soak soak nginx wrk clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(VENV)/.dev-deps: requirements.txt requirements-dev.txt | $(BIN)/python
 
 ## run: the whole service (web + worker) in the foreground on 127.0.0.1:$(PORT)
 run: $(VENV)/.run-deps
-	exec $(BIN)/uwsgi --ini deploy/uwsgi-base.ini --http-socket 127.0.0.1:$(PORT)
+	exec $(BIN)/uwsgi --ini deploy/uwsgi-base.ini --http11-socket 127.0.0.1:$(PORT)
 
 ## nginx: install Debian's nginx-light when it is missing (needs root)
 nginx:
@@ -39,9 +39,18 @@ test: $(VENV)/.dev-deps nginx lint
 unit: $(VENV)/.dev-deps
 	$(BIN)/pytest -m "not integration"
 
-## bench: measured figures, written to bench/results.md
-bench: $(VENV)/.dev-deps nginx
-	$(BIN)/python -m bench
+## wrk: install Debian's wrk (the benchmarks' load generator) when it is missing (needs root)
+wrk:
+	@command -v wrk >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+
+## bench: measured figures, written to bench/results.md (`make bench ARGS=--quick`)
+bench: $(VENV)/.dev-deps nginx wrk
+	$(BIN)/python -m bench $(ARGS)
+
+## bench-soak: memory of every process under 50 deliveries/s for 10 minutes
+bench-soak: $(VENV)/.dev-deps nginx wrk
+	$(BIN)/python -m bench soak --minutes 10
 
 ## soak: the long fault campaign
 soak: $(VENV)/.dev-deps nginx

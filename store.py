@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_pending
     ON deliveries (issue_key, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries (id) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (id) WHERE state = 'dead';
 CREATE TABLE IF NOT EXISTS issues (
     issue_key          TEXT PRIMARY KEY,
@@ -321,16 +322,28 @@ class Store:
     # ------------------------------------------------------------------ the worker
 
     def due_issues(self, now: float, exclude: Iterable[str] = (), limit: int = 50) -> list[str]:
-        """Issues with pending deliveries that are not backing off, oldest delivery first."""
+        """Issues with pending deliveries that are not backing off, oldest delivery first.
+
+        Reads the queue in delivery order through its partial index and stops after a bounded
+        number of rows, so the cost does not grow with the backlog.
+        """
         skip = set(exclude)
+        scan = max(200, 20 * (limit + len(skip)))
         rows = self._conn().execute(
-            "SELECT d.issue_key, MIN(d.id) AS first FROM deliveries d"
+            "SELECT d.issue_key FROM deliveries d"
             " LEFT JOIN issues i ON i.issue_key = d.issue_key"
             " WHERE d.state = 'pending' AND (i.next_attempt_at IS NULL OR i.next_attempt_at <= ?)"
-            " GROUP BY d.issue_key ORDER BY first LIMIT ?",
-            (now, limit + len(skip)),
+            " ORDER BY d.id LIMIT ?",
+            (now, scan),
         )
-        return [key for key, _ in rows if key not in skip][:limit]
+        keys: list[str] = []
+        for (key,) in rows:
+            if key not in skip:
+                skip.add(key)
+                keys.append(key)
+                if len(keys) >= limit:
+                    break
+        return keys
 
     def next_due_at(self) -> float | None:
         """The earliest time a backing-off issue with pending deliveries is due again."""

@@ -252,8 +252,8 @@ class Worker:
                 if created is not None:
                     card_id = created["id"]
                     with board.lock:
-                        if board.cards is not None:
-                            board.cards[event.url] = created
+                        if board.cards is not None:  # just the id: the map has the rest
+                            board.cards[event.url] = {"id": card_id, "idList": spec.list_id}
         except trello.TrelloError:
             with board.lock:
                 # a lost answer may hide a created card or label, and a 4xx may come from a
@@ -305,13 +305,11 @@ class Worker:
 
     def _board_for_list(self, list_id: str) -> Board:
         assert self.client is not None
-        with self._lock:
+        with self._lock:  # held while asking Trello, so a cold start asks once, not per thread
             board_id = self._list_board.get(list_id)
-        if board_id is None:
-            board_id = self.client.get_list(list_id)["idBoard"]
-            with self._lock:
+            if board_id is None:
+                board_id = self.client.get_list(list_id)["idBoard"]
                 self._list_board[list_id] = board_id
-        with self._lock:
             return self._boards.setdefault(board_id, Board(board_id))
 
     def _find_card(self, board: Board, url: str) -> dict[str, Any] | None:

@@ -90,7 +90,7 @@ class Service:
         self.config_path = workdir / "config.ini"
         self.log_path = workdir / "service.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.socket_args: list[str] = ["--http-socket", f"127.0.0.1:{self.port}"]
+        self.socket_args: list[str] = ["--http11-socket", f"127.0.0.1:{self.port}"]
 
     def write_config(self) -> None:
         sections: dict[str, dict[str, Any]] = {
@@ -130,9 +130,9 @@ class Service:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"service exited {self.proc.returncode}:\n{self.log()}")
             try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code in (200, 503):
+                if requests.get(self.url + "/healthz", timeout=2).status_code in (200, 503):
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or slow on a busy machine
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"service not ready after {timeout} s:\n{self.log()}")

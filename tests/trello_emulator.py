@@ -975,6 +975,7 @@ class TrelloEmulator:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # the default backlog of 5 drops connections under load
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], emulator: TrelloEmulator) -> None:
