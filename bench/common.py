@@ -28,7 +28,6 @@ from urllib.parse import urlsplit
 
 import requests
 
-from tests import trello_emulator
 from tests.conftest import ROOT, UWSGI, Service, free_port, issue_payload
 from tests.trello_emulator import TrelloEmulator
 
@@ -302,10 +301,6 @@ class Trello:
 
 
 def start_trello(latency: float = 0.0, rate_limit: int = 100) -> Trello:
-    # socketserver listens with a backlog of 5: a burst of new connections (the seed app opens
-    # one per call) overflows it and the kernel drops SYNs, which adds 1 s retransmits that
-    # real Trello does not cause. A production-sized backlog keeps that out of the figures.
-    trello_emulator._Server.request_queue_size = 128
     emulator = TrelloEmulator(latency=latency, rate_limit=rate_limit, key_rate_limit=UNLIMITED)
     emulator.start()
     board = emulator.add_board("Widgets")
