@@ -317,3 +317,22 @@ def test_missing_secrets_warn_once_at_start(service):
         assert service.post(issue_payload(1), key="same").status_code in (200, 202)
     time.sleep(0.5)
     assert service.log().count("nor signing_token is set") == 1
+
+
+def test_uwsgi_limits_body_and_headers(service):
+    """Straight to uWSGI: a body over limit-post gets 413, oversized headers are refused, and
+    the service stays healthy."""
+    import requests
+
+    big = b"{" + b" " * (4 * 1024 * 1024) + b"}"
+    try:  # 413, or the connection closed while the client still sends the body
+        assert requests.post(service.url + "/issue", data=big, timeout=30).status_code == 413
+    except requests.ConnectionError:
+        pass
+    try:
+        huge = requests.get(service.url + "/hello/x", headers={"X-Filler": "a" * 40000}, timeout=10)
+        assert huge.status_code >= 400
+    except requests.ConnectionError:
+        pass  # uWSGI may also drop a request whose headers overflow its buffer
+    assert service.health()["status"] == "ok"
+    assert service.health()["pending"] == 0
