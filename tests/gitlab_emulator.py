@@ -17,26 +17,22 @@ prints a JSON line.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import hmac
 import json
 import math
 import re
 import secrets
-import signal
-import socket
-import socketserver
-import struct
 import sys
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+from tests import emulator_http
+from tests.emulator_http import ApiError
 
 DEFAULT_TOKEN = "glpat-emulator-token"
 API_PREFIX = "/api/v4"
@@ -65,7 +61,6 @@ KEYSET_UNAVAILABLE = {"error": "Keyset pagination is not yet available for this 
 _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
 _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 _JSON = "application/json"
-_TEXT = "text/plain; charset=utf-8"
 _UPDATABLE = frozenset(
     {
         "title", "description", "state", "labels", "assignees", "due_date", "confidential",
@@ -81,19 +76,7 @@ ROUTES = [
     ("GET", "/projects/{}/issues", "_list_issues"),
     ("GET", "/projects/{}/issues/{}", "_get_issue"),
 ]
-_COMPILED_ROUTES = [
-    (method, re.compile("^" + pattern.replace("{}", "([^/]+)") + "$"), name)
-    for method, pattern, name in ROUTES
-]
-
-
-class ApiError(Exception):
-    """An error answer: a JSON body when ``body`` is a dict, text/plain otherwise."""
-
-    def __init__(self, status: int, body: str | dict[str, Any]) -> None:
-        super().__init__(status, body)
-        self.status = status
-        self.body = body
+_COMPILED_ROUTES = emulator_http.compile_routes(ROUTES)
 
 
 class Call(NamedTuple):
@@ -131,12 +114,16 @@ class _Request:
 
 
 @dataclass
-class _Reply:
-    status: int
-    body: bytes = b""
+class _Reply(emulator_http.Reply):
     content_type: str = _JSON
-    headers: dict[str, str] = field(default_factory=dict)
-    reset: bool = False
+
+
+class _Handler(emulator_http.EmulatorHandler):
+    server_version = "nginx"
+    do_HEAD = emulator_http.EmulatorHandler.dispatch
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"X-Request-Id": secrets.token_hex(13).upper()}
 
 
 def _json_reply(status: int, data: Any, headers: dict[str, str] | None = None) -> _Reply:
@@ -144,10 +131,7 @@ def _json_reply(status: int, data: Any, headers: dict[str, str] | None = None) -
 
 
 def _error_reply(exc: ApiError) -> _Reply:
-    """The one place error responses are built."""
-    if isinstance(exc.body, dict):
-        return _json_reply(exc.status, exc.body)
-    return _Reply(exc.status, exc.body.encode(), _TEXT)
+    return emulator_http.error_reply(exc, _Reply)
 
 
 def _phrase(status: int) -> str:
@@ -253,8 +237,11 @@ def _param_time(params: dict[str, str], name: str) -> datetime | None:
         raise ApiError(400, {"error": f"{name} is invalid"}) from None
 
 
-class GitLabEmulator:
+class GitLabEmulator(emulator_http.LoopbackEmulator):
     """A GitLab REST API on loopback; seed and inspect its projects and issues, inject faults."""
+
+    _handler_class = _Handler
+    _thread_name = "gitlab-emulator"
 
     def __init__(
         self, *, token: str = DEFAULT_TOKEN, host: str = "127.0.0.1", port: int = 0
@@ -272,45 +259,10 @@ class GitLabEmulator:
         self._next_label_id = 1
         self._calls: list[Call] = []
         self._faults: list[_Fault] = []
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._default_author = self._user("root", "Administrator")["username"]
         self._me = self._user("bridge", "Trello Bridge")["username"]
 
     # ----------------------------------------------------------------- lifecycle
-    def start(self) -> GitLabEmulator:
-        if self._server is None:
-            self._server = _Server((self._host, self._port), self)
-            self._port = self._server.server_address[1]
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name=f"gitlab-emulator-{self._port}",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> GitLabEmulator:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
     @property
     def url(self) -> str:
         """The instance base URL (what ``gitlab.Gitlab(url)`` takes); the API is under it."""
@@ -508,7 +460,8 @@ class GitLabEmulator:
             self._faults.clear()
 
     # ----------------------------------------------------------------- request pipeline
-    def _handle(self, method: str, target: str, headers: Any) -> _Reply:
+    def _handle(self, method: str, target: str, headers: Any, body: bytes = b"") -> _Reply:
+        # ``body`` goes unused: no emulated route takes one.
         split = urlsplit(target)
         pairs = parse_qsl(split.query, keep_blank_values=True)
         request = _Request(method, split.path, pairs, headers)
@@ -529,7 +482,7 @@ class GitLabEmulator:
         if fault is not None:
             if fault.status == 429:
                 headers = {"Retry-After": str(fault.retry_after)}
-                return _Reply(429, b"Retry later\n", _TEXT, headers)
+                return _Reply(429, b"Retry later\n", emulator_http.TEXT, headers)
             return _json_reply(fault.status, {"message": f"{fault.status} {_phrase(fault.status)}"})
         api_path = request.path[len(API_PREFIX) :].rstrip("/") or "/"
         try:
@@ -714,17 +667,6 @@ class GitLabEmulator:
         return f"http://{host}{request.path}?{urlencode(kept)}"
 
     # ----------------------------------------------------------------- state access
-    @contextlib.contextmanager
-    def _python_api(self) -> Iterator[None]:
-        """Hold the state lock; turn API errors into KeyError (not found) or ValueError."""
-        with self._lock:
-            try:
-                yield
-            except ApiError as exc:
-                if exc.status == 404:
-                    raise KeyError(exc.body) from exc
-                raise ValueError(exc.body) from exc
-
     def _find_project(self, ref: int | str) -> dict[str, Any] | None:
         if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
             return self._projects.get(int(ref))
@@ -919,84 +861,6 @@ class GitLabEmulator:
         return view
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], emulator: GitLabEmulator) -> None:
-        self.emulator = emulator
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # Skip HTTPServer's reverse DNS lookup of the bound host.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], OSError):  # clients hanging up are normal here
-            super().handle_error(request, client_address)
-
-    def close_connections(self) -> None:
-        with self.connections_lock:
-            for conn in list(self.connections):
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "nginx"
-    sys_version = ""
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.connections_lock:
-            self.server.connections.discard(self.connection)
-        super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _dispatch(self) -> None:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = 0
-        if length > 0:
-            self.rfile.read(length)
-        reply = self.server.emulator._handle(self.command, self.path, self.headers)
-        if reply.reset:
-            self._reset()
-            return
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.send_header("X-Request-Id", secrets.token_hex(13).upper())
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(reply.body)
-
-    def _reset(self) -> None:
-        """Drop the connection with a TCP RST and no response."""
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.rfile.close()
-            self.connection.close()
-
-    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve an emulated GitLab API on loopback.")
     parser.add_argument("--port", type=int, default=0)
@@ -1015,14 +879,7 @@ def main(argv: list[str] | None = None) -> int:
         "project_path": project["path_with_namespace"],
         "project_ref": quote(project["path_with_namespace"], safe=""),
     }
-    print(json.dumps(info), flush=True)
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-    while not stopping.wait(0.2):
-        pass
-    emulator.stop()
-    return 0
+    return emulator_http.serve_until_signalled(emulator, info)
 
 
 if __name__ == "__main__":

@@ -319,20 +319,29 @@ def test_missing_secrets_warn_once_at_start(service):
     assert service.log().count("nor signing_token is set") == 1
 
 
+def status_or_closed(send) -> int | None:
+    """The status of an answer, or None when the server closed the connection instead."""
+    import requests
+
+    try:
+        return send().status_code
+    except requests.ConnectionError:
+        return None
+
+
 def test_uwsgi_limits_body_and_headers(service):
-    """Straight to uWSGI: a body over limit-post gets 413, oversized headers are refused, and
-    the service stays healthy."""
+    """Straight to uWSGI: a body over limit-post gets 413 (or the connection is closed), oversized
+    headers are refused, and the service stays healthy."""
     import requests
 
     big = b"{" + b" " * (4 * 1024 * 1024) + b"}"
-    try:  # 413, or the connection closed while the client still sends the body
-        assert requests.post(service.url + "/issue", data=big, timeout=30).status_code == 413
-    except requests.ConnectionError:
-        pass
-    try:
-        huge = requests.get(service.url + "/hello/x", headers={"X-Filler": "a" * 40000}, timeout=10)
-        assert huge.status_code >= 400
-    except requests.ConnectionError:
-        pass  # uWSGI may also drop a request whose headers overflow its buffer
+    url = service.url
+    assert status_or_closed(lambda: requests.post(url + "/issue", data=big, timeout=30)) in (
+        413,
+        None,
+    )
+    filler = {"X-Filler": "a" * 40000}
+    huge = status_or_closed(lambda: requests.get(url + "/hello/x", headers=filler, timeout=10))
+    assert huge is None or huge >= 400
     assert service.health()["status"] == "ok"
     assert service.health()["pending"] == 0

@@ -18,22 +18,19 @@ import json
 import math
 import re
 import secrets
-import signal
-import socket
-import socketserver
 import string
-import struct
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests import emulator_http
+from tests.emulator_http import ApiError
 
 DEFAULT_KEY = "0123456789abcdef0123456789abcdef"
 DEFAULT_TOKEN = "ATTA" + "t" * 72
@@ -66,7 +63,6 @@ MALFORMED_BODY = b'{"id": "5f0c1d2e3a4b5c6d7e8f9a0b", "name": "trunc'
 _ID_RE = re.compile(r"[0-9a-f]{24}")
 _OAUTH_RE = re.compile(r'(\w+)\s*=\s*"([^"]*)"')
 _SHORT_ALPHABET = string.ascii_letters + string.digits
-_TEXT = "text/plain; charset=utf-8"
 _JSON = "application/json; charset=utf-8"
 
 # One dispatch table: (method, path after /1 with {} for an id segment, handler method name).
@@ -93,19 +89,7 @@ ROUTES = [
     ("POST", "/cards/{}/idMembers", "_post_card_member"),
     ("DELETE", "/cards/{}/idMembers/{}", "_delete_card_member"),
 ]
-_COMPILED_ROUTES = [
-    (method, re.compile("^" + pattern.replace("{}", "([^/]+)") + "$"), name)
-    for method, pattern, name in ROUTES
-]
-
-
-class ApiError(Exception):
-    """An error answer: a text/plain body, or a JSON one when ``body`` is a dict."""
-
-    def __init__(self, status: int, body: str | dict[str, str]) -> None:
-        super().__init__(status, body)
-        self.status = status
-        self.body = body
+_COMPILED_ROUTES = emulator_http.compile_routes(ROUTES)
 
 
 @dataclass(frozen=True)
@@ -142,12 +126,12 @@ class _Fault:
 
 
 @dataclass
-class _Reply:
-    status: int
-    body: bytes = b""
+class _Reply(emulator_http.Reply):
     content_type: str = _JSON
-    headers: dict[str, str] = field(default_factory=dict)
-    reset: bool = False
+
+
+class _Handler(emulator_http.EmulatorHandler):
+    server_version = "TrelloEmulator"
 
 
 def _json_reply(status: int, data: Any) -> _Reply:
@@ -155,10 +139,7 @@ def _json_reply(status: int, data: Any) -> _Reply:
 
 
 def _error_reply(exc: ApiError) -> _Reply:
-    """The one place error responses are built: text/plain, JSON for dict bodies."""
-    if isinstance(exc.body, dict):
-        return _json_reply(exc.status, exc.body)
-    return _Reply(exc.status, exc.body.encode(), _TEXT)
+    return emulator_http.error_reply(exc, _Reply)
 
 
 def _status_error(status: int) -> ApiError:
@@ -231,8 +212,11 @@ def _limit(params: dict[str, Any], default: int = 50) -> int:
     return limit
 
 
-class TrelloEmulator:
+class TrelloEmulator(emulator_http.LoopbackEmulator):
     """A Trello REST API on loopback; seed and inspect its state, inject latency and faults."""
+
+    _handler_class = _Handler
+    _thread_name = "trello-emulator"
 
     def __init__(
         self,
@@ -268,59 +252,16 @@ class TrelloEmulator:
         self._windows: dict[tuple[str, str], deque[float]] = {}
         self._calls: list[Call] = []
         self._faults: list[_Fault] = []
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self.add_token(token)
 
     # ----------------------------------------------------------------- lifecycle
-    def start(self) -> TrelloEmulator:
-        if self._server is None:
-            self._server = _Server((self._host, self._port), self)
-            self._port = self._server.server_address[1]
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name=f"trello-emulator-{self._port}",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> TrelloEmulator:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
     @property
     def url(self) -> str:
         return f"http://{self._host}:{self._port}/1"
 
     # ----------------------------------------------------------------- seeding
-    @contextlib.contextmanager
-    def _python_api(self) -> Iterator[None]:
-        """Hold the state lock; turn API errors into KeyError (unknown id) or ValueError."""
-        with self._lock:
-            try:
-                yield
-            except ApiError as exc:
-                if exc.status == 404 or exc.body == "invalid id":
-                    raise KeyError(exc.body) from exc
-                raise ValueError(exc.body) from exc
+    def _not_found(self, exc: ApiError) -> bool:
+        return exc.status == 404 or exc.body == "invalid id"
 
     def _short_link(self, object_id: str) -> str:
         while True:
@@ -973,82 +914,6 @@ class TrelloEmulator:
         return [dict(self._members[m]) for m in remaining]
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # the default backlog of 5 drops connections under load
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], emulator: TrelloEmulator) -> None:
-        self.emulator = emulator
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # Skip HTTPServer's reverse DNS lookup of the bound host.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], OSError):  # clients hanging up are normal here
-            super().handle_error(request, client_address)
-
-    def close_connections(self) -> None:
-        with self.connections_lock:
-            for conn in list(self.connections):
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "TrelloEmulator"
-    sys_version = ""
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.connections_lock:
-            self.server.connections.discard(self.connection)
-        super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _dispatch(self) -> None:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = 0
-        body = self.rfile.read(length) if length > 0 else b""
-        reply = self.server.emulator._handle(self.command, self.path, self.headers, body)
-        if reply.reset:
-            self._reset()
-            return
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.end_headers()
-        self.wfile.write(reply.body)
-
-    def _reset(self) -> None:
-        """Drop the connection with a TCP RST and no response."""
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.rfile.close()
-            self.connection.close()
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve an emulated Trello API on loopback.")
     parser.add_argument("--port", type=int, default=0)
@@ -1070,14 +935,7 @@ def main(argv: list[str] | None = None) -> int:
         "list_id": todo["id"],
         "done_list_id": done["id"],
     }
-    print(json.dumps(info), flush=True)
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-    while not stopping.wait(0.2):
-        pass
-    emulator.stop()
-    return 0
+    return emulator_http.serve_until_signalled(emulator, info)
 
 
 if __name__ == "__main__":
