@@ -594,12 +594,3 @@ class GitLabAPI:
             if item is None:
                 return
             yield issue_from_rest(item.attributes, project)
-
-    def total(self, project: Mapping[str, Any], *, state: str = "opened") -> int | None:
-        """How many issues a listing will yield (for a progress bar), if GitLab says."""
-        manager = self.gl.projects.get(project["id"], lazy=True).issues
-        params: dict[str, Any] = {"iterator": True, "per_page": 1}
-        if state != "all":
-            params["state"] = state
-        listing = self._call("issue count", manager.list, **params)
-        return getattr(listing, "total", None)

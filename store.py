@@ -345,19 +345,6 @@ class Store:
                     break
         return keys
 
-    def next_due_at(self) -> float | None:
-        """The earliest time a backing-off issue with pending deliveries is due again."""
-        row = (
-            self._conn()
-            .execute(
-                "SELECT MIN(i.next_attempt_at) FROM issues i WHERE i.next_attempt_at IS NOT NULL"
-                " AND EXISTS (SELECT 1 FROM deliveries d"
-                " WHERE d.issue_key = i.issue_key AND d.state = 'pending')"
-            )
-            .fetchone()
-        )
-        return row[0] if row else None
-
     def pending_for(self, issue_key: str) -> list[PendingDelivery]:
         rows = self._conn().execute(
             "SELECT id, kind, event, updated_at, received_at, attempts FROM deliveries"
@@ -557,10 +544,6 @@ class Store:
                 chunk,
             ).fetchone()[0]
         return count
-
-    def cards(self) -> int:
-        """How many issues have a card."""
-        return self.health()["cards"]
 
     def delivery_states(self) -> dict[str, str]:
         """dedupe key -> state, for tests and benchmarks that check what was stored."""
