@@ -573,7 +573,7 @@ class GitLabAPI:
         """Every issue of the project (all pages), oldest change first, as events."""
         params: dict[str, Any] = {
             "iterator": True,
-            "per_page": 100,
+            "per_page": 50,
             "order_by": "updated_at",
             "sort": "asc",
             "with_labels_details": True,

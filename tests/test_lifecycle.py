@@ -310,3 +310,30 @@ def test_comment_waits_for_its_card_and_is_copied_once(bridge, board):
     card = only_card(board)
     texts = [c["text"] for c in board.comments(card["id"])]
     assert len(texts) == 1 and "early comment" in texts[0]
+
+
+def test_calls_per_action(make_service, trello):
+    """Open, edit, close and reopen cost one Trello call each once the lists are known."""
+    bridge = make_service({"trello": {"done_list_id": trello.done_list_id}})
+    costs = {}
+    steps = [
+        ("warm-up open", event(1, 1)),
+        ("warm-up close", event(1, 2, action="close")),
+        ("open", event(2, 1)),
+        ("edit", event(2, 2, title="Edited", description="new text")),
+        ("close", event(2, 3, title="Edited", description="new text", action="close")),
+        ("reopen", event(2, 4, title="Edited", description="new text", action="reopen")),
+    ]
+    for name, payload in steps:
+        trello.reset_calls()
+        bridge.post(payload)
+        bridge.wait_idle()
+        costs[name] = [f"{c.method} {c.path.split('/')[2]}" for c in trello.calls]
+    assert costs["warm-up open"] == ["GET lists", "GET boards", "POST cards"]
+    assert costs["warm-up close"] == ["GET lists", "PUT cards"]  # learns the done list's board
+    assert costs["open"] == ["POST cards"]
+    assert costs["edit"] == ["PUT cards"]
+    assert costs["close"] == ["PUT cards"]
+    assert costs["reopen"] == ["PUT cards"]
+    (card,) = [c for c in trello.cards() if c["name"].startswith("[ ISSUE 2 ]")]
+    assert (card["idList"], card["closed"]) == (trello.list_id, False)
