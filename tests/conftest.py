@@ -146,12 +146,26 @@ class Service:
             return self.proc.wait(timeout)
         finally:
             self._kill_group()
+            self._wait_port_free()
 
     def kill(self) -> None:
         """kill -9 of the whole service: master, web processes and worker at once."""
         if self.proc is not None:
             self._kill_group()
             self.proc.wait(10)
+            self._wait_port_free()
+
+    def _wait_port_free(self, timeout: float = 10) -> None:
+        """Until the killed processes are gone and the port can be listened on again."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(("127.0.0.1", self.port))
+                    return
+                except OSError:
+                    time.sleep(0.05)
 
     def _kill_group(self) -> None:
         assert self.proc is not None
