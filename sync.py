@@ -15,8 +15,8 @@ from typing import Any
 
 from config import Routing
 from gitlab_io import IssueEvent, Label, Note
+from trello import MAX_TEXT
 
-MAX_TEXT = 16384
 NAME_FORMAT = "[ ISSUE {iid} ] {title}"
 ZWSP = "\u200b"
 _MENTION = re.compile(r"@(?=[\w.\-])")

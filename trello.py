@@ -22,7 +22,6 @@ import stamina
 log = logging.getLogger("gitlab2trello.trello")
 
 MAX_TEXT = 16384  # card name, desc and comment text
-COLORS = ("yellow", "purple", "blue", "red", "green", "orange", "black", "sky", "pink", "lime")
 
 
 class TrelloError(Exception):
