@@ -18,8 +18,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import Bridge, Nginx, Options, Section, Table, Target, fmt, running
+from bench.common import Bridge, Options, Section, Table, Target, fmt, production_nginx, running
 from bench.load import LoadResult, run_wrk
+from tests.nginx import Nginx
 
 MODES = (("before", False), ("after", True))
 FRONTS = ("direct", "nginx")
@@ -104,7 +105,7 @@ def run(options: Options) -> Section:
         }
         bridge = Bridge(workdir / "service", settings, uwsgi_socket=True)
         assert bridge.uwsgi_port is not None
-        services[mode] = (bridge, Nginx(workdir / "nginx", bridge.uwsgi_port), workdir)
+        services[mode] = (bridge, production_nginx(workdir / "nginx", bridge.uwsgi_port), workdir)
     cells: list[Cell] = []
     things = [thing for bridge, nginx, _ in services.values() for thing in (bridge, nginx)]
     with running(*things):
@@ -238,6 +239,7 @@ def report(section: Section, cells: list[Cell], options: Options) -> None:
         "exceed 2xx by the requests wrk cut at the end of each slice (at most one per "
         "connection).",
         "non-2xx counts non-2xx answers, timeouts and refused connections of hello and POST.",
-        "direct: uWSGI's --http11-socket (keep-alive), as `make run`; nginx: 1 worker "
-        "process, uwsgi_pass to the same uWSGI on a uwsgi-protocol socket.",
+        "direct: uWSGI's --http11-socket (keep-alive), as `make run`; nginx: the shipped "
+        "deploy/nginx-gitlab2trello.conf (1 worker process, access log off), uwsgi_pass to "
+        "the same uWSGI on a uwsgi-protocol socket.",
     ]

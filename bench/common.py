@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import requests
 
 from tests.conftest import ROOT, UWSGI, Service, free_port, issue_payload
+from tests.nginx import Nginx
 from tests.trello_emulator import TrelloEmulator
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -384,69 +385,9 @@ def running(*things: Any) -> Iterator[None]:
 # ---------------------------------------------------------------------------- other servers
 
 
-class Nginx:
-    """nginx in front of a uwsgi-protocol socket, as a minimal production reverse proxy."""
-
-    def __init__(self, workdir: Path, upstream_port: int, *, workers: int = 1) -> None:
-        self.workdir = workdir
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}"
-        self.upstream_port = upstream_port
-        self.workers = workers
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def config(self) -> str:
-        tmp = self.workdir
-        return f"""daemon off;
-master_process on;
-user root;
-worker_processes {self.workers};
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen {HOST}:{self.port};
-        client_max_body_size 4m;
-        location / {{
-            include /etc/nginx/uwsgi_params;
-            uwsgi_pass {HOST}:{self.upstream_port};
-        }}
-    }}
-}}
-"""
-
-    def start(self) -> Nginx:
-        conf = self.workdir / "nginx.conf"
-        conf.write_text(self.config(), encoding="utf-8")
-        log = (self.workdir / "nginx.out").open("ab")
-        self.proc = subprocess.Popen(
-            [str(NGINX), "-p", str(self.workdir), "-c", str(conf), "-e", "stderr"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        wait_http(self.url + "/hello/nginx", self.proc, 20)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
+def production_nginx(workdir: Path, upstream_port: int) -> Nginx:
+    """nginx serving the shipped site file (deploy/nginx-gitlab2trello.conf), access log off."""
+    return Nginx(str(NGINX), workdir, upstream_port, access_log=False)
 
 
 class UwsgiApp:

@@ -14,7 +14,6 @@ import http.client
 import json
 import os
 import pwd
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,14 +36,12 @@ from tests.conftest import (
     load_fixture,
     wait_for,
 )
+from tests.nginx import PRODUCTION_SOCKET, UWSGI_PARAMS, Nginx, find_nginx
 
 pytestmark = [pytest.mark.integration, pytest.mark.nginx]
 
 DEPLOY = ROOT / "deploy"
-NGINX_CONF = DEPLOY / "nginx-gitlab2trello.conf"
 UWSGI_INI = DEPLOY / "uwsgi.ini"
-UWSGI_PARAMS = Path("/etc/nginx/uwsgi_params")
-PRODUCTION_SOCKET = "127.0.0.1:8080"
 APP_READY = "WSGI app 0 (mountpoint='') ready"
 
 
@@ -55,108 +52,6 @@ def _max_body_bytes() -> int:
 
 
 MAX_BODY = _max_body_bytes()
-
-
-def _nginx_binary() -> str | None:
-    found = shutil.which("nginx")
-    if found:
-        return found
-    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
-
-
-def server_block(listen_port: int, upstream_port: int) -> str:
-    """deploy/nginx-gitlab2trello.conf with its two addresses moved to the test's ports."""
-    text = NGINX_CONF.read_text(encoding="utf-8")
-    assert text.count("listen 80;") == 1, "the server block should listen on port 80 once"
-    assert text.count(PRODUCTION_SOCKET) >= 3, "the locations should pass to 127.0.0.1:8080"
-    text = text.replace("listen 80;", f"listen 127.0.0.1:{listen_port};")
-    return text.replace(PRODUCTION_SOCKET, f"127.0.0.1:{upstream_port}")
-
-
-class Nginx:
-    """A real nginx in the foreground, everything it writes in one temporary folder."""
-
-    def __init__(self, binary: str, root: Path, upstream_port: int) -> None:
-        self.binary = binary
-        self.root = root
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = server_block(self.port, upstream_port)
-        self.error_log = root / "error.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def write_config(self) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        temp = self.root / "temp"
-        for name in ("body", "uwsgi", "proxy", "fastcgi", "scgi"):
-            (temp / name).mkdir(parents=True, exist_ok=True)
-        # nginx's default document root (html/ under the prefix): nothing in it may be served
-        (self.root / "html").mkdir(exist_ok=True)
-        for name in ("index.html", "admin", "issues"):
-            (self.root / "html" / name).write_text("from the document root\n", encoding="utf-8")
-        # `include uwsgi_params;` is relative to the folder of nginx.conf, as in /etc/nginx
-        shutil.copyfile(UWSGI_PARAMS, self.root / "uwsgi_params")
-        # as root, workers would run as nobody, who cannot enter pytest's private folders
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        conf = self.root / "nginx.conf"
-        conf.write_text(
-            f"{user}worker_processes 1;\n"
-            f"error_log {self.error_log} info;\n"
-            "events { worker_connections 256; }\n"
-            "http {\n"
-            f"    access_log {self.root / 'access.log'};\n"
-            f"    client_body_temp_path {temp / 'body'};\n"
-            f"    uwsgi_temp_path {temp / 'uwsgi'};\n"
-            f"    proxy_temp_path {temp / 'proxy'};\n"
-            f"    fastcgi_temp_path {temp / 'fastcgi'};\n"
-            f"    scgi_temp_path {temp / 'scgi'};\n"
-            f"{self.server}\n"
-            "}\n",
-            encoding="utf-8",
-        )
-        return conf
-
-    def start(self) -> Nginx:
-        conf = self.write_config()
-        command = [self.binary, "-p", f"{self.root}/", "-c", str(conf), "-e", str(self.error_log)]
-        checked = subprocess.run(
-            [*command, "-t", "-q", "-g", f"pid {self.root / 'test.pid'};"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert checked.returncode == 0, f"nginx -t: {checked.stderr}{self.log()}"
-        self.proc = subprocess.Popen(
-            [*command, "-g", f"daemon off; pid {self.root / 'nginx.pid'};"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(requests.ConnectionError):
-                requests.get(self.url + "/", timeout=1)
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"nginx not answering after 10 s:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def log(self) -> str:
-        if not self.error_log.exists():
-            return ""
-        return self.error_log.read_text(encoding="utf-8", errors="replace")
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None, log: Callable[[], str]) -> None:
@@ -190,7 +85,7 @@ class Stack:
 
 @pytest.fixture
 def nginx_binary() -> str:
-    binary = _nginx_binary()
+    binary = find_nginx()
     if binary is None:
         pytest.skip("no nginx binary (make test installs Debian's nginx-light)")
     if not UWSGI_PARAMS.exists():
