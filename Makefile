@@ -52,9 +52,10 @@ bench: $(VENV)/.dev-deps nginx wrk
 bench-soak: $(VENV)/.dev-deps nginx wrk
 	$(BIN)/python -m bench soak --minutes 10
 
-## soak: the long fault campaign
-soak: $(VENV)/.dev-deps nginx
+## soak: the long fault campaign, then the 10-minute memory soak
+soak: $(VENV)/.dev-deps nginx wrk
 	$(BIN)/pytest tests/test_faults.py --soak
+	$(BIN)/python -m bench soak --minutes 10
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis
