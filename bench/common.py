@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import re
-import signal
 import sqlite3
 import subprocess
 import threading
@@ -28,7 +27,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from tests.conftest import ROOT, UWSGI, Service, free_port, issue_payload
+from tests.conftest import ROOT, UWSGI, Service, free_port, issue_payload, stop_group
 from tests.nginx import Nginx
 from tests.trello_emulator import TrelloEmulator
 
@@ -440,15 +439,7 @@ log-date = true
         return self
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(15)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
+        stop_group(self.proc, grace=15)
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:

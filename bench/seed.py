@@ -10,6 +10,7 @@ same invocation, else it is measured here the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.ack import Cell
 from bench.common import Bridge, Options, Section, Table, UwsgiApp, fmt, running, start_trello
@@ -42,27 +43,27 @@ class Figures:
         )
 
 
+def load(
+    options: Options, url: str, workdir: Path, nonce: str, *, warm: bool = False
+) -> LoadResult:
+    """One wrk run at CONNECTIONS connections: POSTs of deliveries, or GETs of a /hello URL."""
+    return run_wrk(
+        url,
+        workdir=workdir,
+        seconds=options.warmup if warm else options.measure_seconds,
+        connections=CONNECTIONS,
+        post=url.endswith("/issue"),
+        nonce=nonce,
+    )
+
+
 def measure_bridge(options: Options) -> LoadResult:
     workdir = options.subdir("seed-bridge")
     bridge = Bridge(workdir / "service", {"trello": {"key": "", "token": "", "list_id": ""}})
     with running(bridge):
         bridge.start()
-        run_wrk(
-            bridge.url + "/issue",
-            workdir=workdir,
-            seconds=options.warmup,
-            connections=CONNECTIONS,
-            post=True,
-            nonce="warm",
-        )
-        return run_wrk(
-            bridge.url + "/issue",
-            workdir=workdir,
-            seconds=options.measure_seconds,
-            connections=CONNECTIONS,
-            post=True,
-            nonce="bridge",
-        )
+        load(options, bridge.url + "/issue", workdir, "warm", warm=True)
+        return load(options, bridge.url + "/issue", workdir, "bridge")
 
 
 def run(options: Options) -> Section:
@@ -87,32 +88,11 @@ def run(options: Options) -> Section:
     app = UwsgiApp(workdir / "seed", "bench.seed_app:application", env)
     with running(trello, app):
         app.start()
-        run_wrk(
-            app.url + "/issue",
-            workdir=workdir,
-            seconds=options.warmup,
-            connections=CONNECTIONS,
-            post=True,
-            nonce="warm",
-        )
-        hello = run_wrk(
-            app.url + "/hello/x",
-            workdir=workdir,
-            seconds=options.measure_seconds,
-            connections=CONNECTIONS,
-            post=False,
-            nonce="hello",
-        )
+        load(options, app.url + "/issue", workdir, "warm", warm=True)
+        hello = load(options, app.url + "/hello/x", workdir, "hello")
         cards_before = len(trello.emulator.cards())
         calls_before = trello.emulator.count_calls(method="POST", path_prefix="/cards")
-        seed = run_wrk(
-            app.url + "/issue",
-            workdir=workdir,
-            seconds=options.measure_seconds,
-            connections=CONNECTIONS,
-            post=True,
-            nonce="seed",
-        )
+        seed = load(options, app.url + "/issue", workdir, "seed")
         cards = len(trello.emulator.cards()) - cards_before
         calls = trello.emulator.count_calls(method="POST", path_prefix="/cards") - calls_before
     rows = []

@@ -31,6 +31,21 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 UWSGI = Path(sys.executable).parent / "uwsgi"
 
 
+def stop_group(
+    proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, grace: float = 10
+) -> None:
+    """Ask a process to stop, wait ``grace`` seconds, then kill its whole process group."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
 def load_fixture(name: str) -> dict[str, Any]:
     return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
 

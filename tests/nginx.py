@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import requests
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, stop_group
 
 NGINX_CONF = ROOT / "deploy" / "nginx-gitlab2trello.conf"
 UWSGI_PARAMS = Path("/etc/nginx/uwsgi_params")
@@ -114,15 +113,7 @@ class Nginx:
         raise RuntimeError(f"nginx not answering after 10 s:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
+        stop_group(self.proc)
 
     def log(self) -> str:
         if not self.error_log.exists():
