@@ -61,9 +61,9 @@ def _text(status: int, message: str, **headers: str) -> HTTPResponse:
 
 
 # status of an answer to POST /issue -> outcome label of gitlab2trello_deliveries_received
+# (answers 200 say themselves whether they are a duplicate or ignored)
 OUTCOMES = {
     202: "queued",
-    200: "duplicate_or_ignored",
     400: "bad_request",
     401: "unauthorized",
     413: "too_large",
@@ -107,7 +107,8 @@ def make_app(
     @app.post("/issue")
     def issue() -> HTTPResponse:
         answer = receive()
-        observe.count_delivery(OUTCOMES.get(answer.status_code, str(answer.status_code)))
+        outcome = OUTCOMES.get(answer.status_code) or json.loads(answer.body)["status"]
+        observe.count_delivery(outcome)
         answer.set_header("X-Request-Id", observe.request_id.get())
         return answer
 

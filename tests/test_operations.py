@@ -269,7 +269,8 @@ def test_metrics_parse_and_move(service, trello):
 
     before = samples()
     for iid in range(1, 6):
-        assert service.post(issue_payload(iid)).status_code == 202
+        assert service.post(issue_payload(iid), key=f"m-{iid}").status_code == 202
+    assert service.post(issue_payload(1), key="m-1").status_code == 200
     assert service.post(b"[]").status_code == 400
     service.wait_idle()
     after = wait_for(
@@ -283,6 +284,7 @@ def test_metrics_parse_and_move(service, trello):
     queued = "gitlab2trello_deliveries_received_total[('outcome', 'queued')]"
     assert after[queued] - before.get(queued, 0) == 5
     assert after["gitlab2trello_deliveries_received_total[('outcome', 'bad_request')]"] >= 1
+    assert after["gitlab2trello_deliveries_received_total[('outcome', 'duplicate')]"] == 1
     created = "gitlab2trello_trello_calls_total[('method', 'POST'), ('status', '200')]"
     assert after[created] >= 5
     assert after["gitlab2trello_queue_depth[]"] == 0
