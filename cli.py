@@ -9,7 +9,6 @@ import argparse
 import contextlib
 import fcntl
 import os
-import re
 import sys
 import threading
 import time
@@ -91,12 +90,6 @@ def trello_words(exc: trello.TrelloError) -> str:
     return f"Trello said no: {exc}"
 
 
-def board_ref(text: str) -> str:
-    """A board id, shortLink, or board URL (https://trello.com/b/<shortLink>/<slug>)."""
-    match = re.search(r"trello\.com/b/([A-Za-z0-9]+)", text)
-    return match.group(1) if match else text.strip()
-
-
 def table(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
@@ -148,7 +141,7 @@ def cmd_boards(args: argparse.Namespace) -> int:
 def cmd_lists(args: argparse.Namespace) -> int:
     client = trello_client(load_config())
     try:
-        board = client.get_board(board_ref(args.board))
+        board = client.get_board(trello.board_ref(args.board))
     except (trello.TrelloNotFound, trello.TrelloBadRequest):
         raise Failure(
             f"no board {args.board!r} that this token can see (try `./gitlab2trello boards`)"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -357,6 +358,12 @@ def _error(method: str, path: str, status: int, response: requests.Response) -> 
     if status >= 500:
         return TrelloUnavailable(method, path, status, detail)
     return TrelloBadRequest(method, path, status, detail)
+
+
+def board_ref(text: str) -> str:
+    """A board id, shortLink, or board URL (https://trello.com/b/<shortLink>/<slug>)."""
+    match = re.search(r"trello\.com/b/([A-Za-z0-9]+)", text)
+    return match.group(1) if match else text.strip()
 
 
 def authorize_url(key: str, app_name: str = "gitlab2trello") -> str:
