@@ -16,6 +16,8 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import socket
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +96,40 @@ def _url(value: str) -> str:
     return value
 
 
+def _database(value: str) -> str:
+    """A SQLite file path, or a ``postgresql://`` (``postgres://``) URL."""
+    value = value.strip()
+    if not value:
+        raise ValueError("must be a file path or a postgresql:// URL")
+    if "://" in value:
+        scheme = value.split("://", 1)[0].lower()
+        if scheme not in ("postgresql", "postgres"):
+            raise ValueError("a URL must start with postgresql:// or postgres://")
+        parts = urllib.parse.urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            raise ValueError("the URL's port must be a number") from None
+        if not parts.hostname and "host=" not in parts.query:
+            raise ValueError("the URL must name a host")
+    return value
+
+
+def is_postgresql(database: str) -> bool:
+    """True when ``[store] database`` names a PostgreSQL database rather than a SQLite file."""
+    return database.lower().startswith(("postgresql://", "postgres://"))
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
@@ -103,6 +139,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
     "server": {
         "max_body_bytes": (_positive_int, "4194304"),
         "log_level": (_choice("debug", "info", "warning", "error"), "info"),
+        "instance": (_str, ""),
     },
     "gitlab": {
         "secret_token": (_str, ""),
@@ -127,10 +164,13 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "concurrency": (_positive_int, "4"),
     },
     "store": {
-        "database": (_str, "var/gitlab2trello.sqlite3"),
+        "database": (_database, "var/gitlab2trello.sqlite3"),
         "synchronous": (_synchronous, "full"),
         "busy_timeout_ms": (_positive_int, "10000"),
         "group_commit": (_bool, "true"),
+        "pool_size": (_positive_int, "10"),
+        "connect_timeout": (_non_negative_float, "3"),
+        "statement_timeout_ms": (_positive_int, "5000"),
     },
     "worker": {
         "enabled": (_bool, "true"),
@@ -175,10 +215,39 @@ class Config:
         return bool(t["key"] and t["token"] and (t["list_id"] or self.projects))
 
     @property
+    def postgresql(self) -> bool:
+        """True when the store is PostgreSQL, False for the SQLite file (the default)."""
+        return is_postgresql(self.store["database"])
+
+    @property
     def database(self) -> Path:
         """The SQLite file, relative paths taken from the project folder."""
+        if self.postgresql:
+            raise ValueError("[store] database is a PostgreSQL URL, not a file")
         path = Path(self.store["database"])
         return path if path.is_absolute() else PROJECT_DIR / path
+
+    @property
+    def database_url(self) -> str:
+        """The PostgreSQL URL of ``[store] database`` (a secret when it carries a password)."""
+        if not self.postgresql:
+            raise ValueError("[store] database is a SQLite file, not a URL")
+        return self.store["database"]
+
+    @property
+    def database_label(self) -> str:
+        """What to show people and logs: the file, or the URL without its password."""
+        return redact_url(self.database_url) if self.postgresql else str(self.database)
+
+    @property
+    def state_dir(self) -> Path:
+        """The local folder for metrics files: beside the SQLite file, else ``var/``."""
+        return PROJECT_DIR / "var" if self.postgresql else self.database.parent
+
+    @property
+    def instance(self) -> str:
+        """This instance's name (``[server] instance``, else the host name)."""
+        return self.server["instance"] or socket.gethostname()
 
     def routing(self, project_id: int | None, project_path: str | None) -> Routing:
         """The routing for one project: its own section if it has one, else the defaults."""

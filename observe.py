@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -67,12 +68,17 @@ def new_request_id(given: str | None = None) -> str:
 
 def secrets_of(cfg: Any) -> list[str]:
     """Every configured value that must never reach a log line."""
-    return [
+    secrets = [
         cfg.trello["token"],
         cfg.gitlab["secret_token"],
         cfg.gitlab["signing_token"],
         cfg.gitlab["private_token"],
     ]
+    if cfg.postgresql:
+        password = urllib.parse.urlsplit(cfg.database_url).password
+        if password:  # as written in the URL, and as a driver's message may quote it decoded
+            secrets += [password, urllib.parse.unquote(password)]
+    return secrets
 
 
 # ---------------------------------------------------------------------- metrics
@@ -128,14 +134,19 @@ class _Metrics:
 METRICS = _Metrics()
 
 
-def setup_metrics(database: Path) -> None:
-    """Turn metrics on for this process; under uWSGI, in the folder of this service start."""
+def setup_metrics(state_dir: Path, instance: str = "") -> None:
+    """Turn metrics on for this process; under uWSGI, in the folder of this service start.
+
+    Several instances on one host keep apart: each has its own folder under ``metrics/``.
+    """
     try:
         import uwsgi  # type: ignore[import-not-found]
     except ImportError:
         METRICS.setup(None)
         return
-    base = database.parent / "metrics"
+    base = state_dir / "metrics"
+    if instance:
+        base = base / re.sub(r"[^A-Za-z0-9._-]", "_", instance)
     folder = base / str(uwsgi.masterpid())
     if base.exists():  # files of earlier starts of the service
         for old in base.iterdir():
