@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import sync
 from config import Config
-from gitlab_io import GitLabAPI, IssueEvent
+from events import IssueEvent
+from gitlab_io import GitLabAPI
 from store import Store
 
 log = logging.getLogger("gitlab2trello.reconcile")

@@ -18,6 +18,7 @@ from bottle import Bottle, HTTPResponse, request, response
 import config as config_module
 import gitlab_io
 import observe
+from events import IssueEvent
 from store import Store, StoreError
 
 log = logging.getLogger("gitlab2trello.server")
@@ -209,7 +210,7 @@ def make_app(
     return app
 
 
-def _confidential_reason(event: gitlab_io.IssueEvent, policy: str, store: Store) -> str | None:
+def _confidential_reason(event: IssueEvent, policy: str, store: Store) -> str | None:
     """Why a confidential delivery is not stored, or None when it must be.
 
     Comments on confidential issues are copied only with ``mirror``. With ``skip`` a confidential

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from config import Routing
-from gitlab_io import IssueEvent, Label, Note
+from events import IssueEvent, Label, Note
 from trello import MAX_TEXT
 
 NAME_FORMAT = "[ ISSUE {iid} ] {title}"

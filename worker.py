@@ -27,7 +27,7 @@ import observe
 import reconcile
 import sync
 import trello
-from gitlab_io import IssueEvent
+from events import IssueEvent
 from store import PendingDelivery, Store, StoreError
 
 log = logging.getLogger("gitlab2trello.worker")

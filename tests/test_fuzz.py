@@ -13,6 +13,7 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import events
 import gitlab_io
 import sync
 from tests.conftest import FIXTURES, load_fixture
@@ -68,7 +69,7 @@ texts = st.text(
 @settings(max_examples=200, deadline=None)
 def test_comments_stay_within_limits_and_never_mention(body, author, repeat):
     """A rendered comment is at most 16384 characters and has no raw @mention."""
-    note = gitlab_io.Note(
+    note = events.Note(
         id=1, body=body * repeat, author=author, url="https://g.example/a/b/-/issues/1#note_1"
     )
     text = sync.comment_text(note, "https://g.example/a/b")

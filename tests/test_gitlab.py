@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import events
 import gitlab_io
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -165,8 +166,8 @@ def test_fixture_label_colours_are_kept():
     )
     assert isinstance(result, gitlab_io.Delivery)
     assert result.event.labels == (
-        gitlab_io.Label("bug", "#d9534f"),
-        gitlab_io.Label("priority::high", "#ed9121"),
+        events.Label("bug", "#d9534f"),
+        events.Label("priority::high", "#ed9121"),
     )
 
 
@@ -788,7 +789,7 @@ def test_note_on_issue_becomes_note_event():
     assert event.note.body.startswith("I can reproduce this with @dortiz's file")
     assert event.note.url == ISSUE_URL + "#note_1204"
     assert event.issue_key == "https://gitlab.example.com|42|118"
-    assert gitlab_io.IssueEvent.from_json(event.to_json()) == event
+    assert events.IssueEvent.from_json(event.to_json()) == event
 
 
 def test_note_with_garbage_issue_url_is_refused_or_uses_note_url():
@@ -867,12 +868,12 @@ def test_issue_event_json_round_trip(name):
     result = gitlab_io.parse_delivery(headers_of(name), body_of(name))
     assert isinstance(result, gitlab_io.Delivery)
     event = result.event
-    assert gitlab_io.IssueEvent.from_json(event.to_json()) == event
+    assert events.IssueEvent.from_json(event.to_json()) == event
 
 
 def test_issue_event_with_note_round_trips():
     """An event carrying a Note, labels and assignees survives to_json/from_json."""
-    event = gitlab_io.IssueEvent(
+    event = events.IssueEvent(
         instance="https://gitlab.example.com",
         project_id=1,
         iid=2,
@@ -881,15 +882,15 @@ def test_issue_event_with_note_round_trips():
         action="update",
         state="opened",
         updated_at=1.5,
-        labels=(gitlab_io.Label("bug", "#ff0000"), gitlab_io.Label("docs")),
+        labels=(events.Label("bug", "#ff0000"), events.Label("docs")),
         assignees=("ann", "bob"),
         moved_to_id=9,
-        note=gitlab_io.Note(id=3, body="hello", author="ann", url="https://x/n", internal=True),
+        note=events.Note(id=3, body="hello", author="ann", url="https://x/n", internal=True),
     )
-    copy_back = gitlab_io.IssueEvent.from_json(event.to_json())
+    copy_back = events.IssueEvent.from_json(event.to_json())
     assert copy_back == event
-    assert isinstance(copy_back.note, gitlab_io.Note)
-    assert copy_back.labels[0] == gitlab_io.Label("bug", "#ff0000")
+    assert isinstance(copy_back.note, events.Note)
+    assert copy_back.labels[0] == events.Label("bug", "#ff0000")
 
 
 # ---------------------------------------------------------------------------- properties

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import sync
 from config import Routing
-from gitlab_io import IssueEvent, Label
+from events import IssueEvent, Label
 
 URL = "https://gitlab.example.com/acme/widget-api/-/issues/23"
 PROJECT_URL = "https://gitlab.example.com/acme/widget-api"
