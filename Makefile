@@ -6,7 +6,7 @@ VENV   := .venv
 PORT   ?= 8080
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint unit bench bench-soak soak nginx wrk clean
+.PHONY: run test lint unit bench bench-soak soak nginx postgres wrk clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,12 +28,17 @@ nginx:
 	@command -v nginx >/dev/null 2>&1 || command -v /usr/sbin/nginx >/dev/null 2>&1 || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; }
 
+## postgres: install Debian's postgresql when it is missing (needs root)
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 ## test: lint, then every test (unit, integration under uWSGI, deployment behind nginx)
-test: $(VENV)/.dev-deps nginx lint
+test: $(VENV)/.dev-deps nginx postgres lint
 	$(BIN)/pytest
 
 unit: $(VENV)/.dev-deps

@@ -291,3 +291,44 @@ def make_service(tmp_path: Path, trello: TrelloEmulator) -> Iterator[Callable[..
 def service(make_service: Callable[..., Service]) -> Service:
     """The bridge under uWSGI, wired to the emulator, with no webhook secret."""
     return make_service()
+
+
+# PostgreSQL: one server per test process (see tests/postgres.py), a fresh database per test.
+from tests import postgres  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """Admin URL of the run's PostgreSQL; a cluster started for the run is stopped at the end."""
+    url, stop = postgres.find_postgres()
+    try:
+        yield url
+    finally:
+        stop()
+
+
+@pytest.fixture
+def make_pg_url(postgres_server: str) -> Iterator[Callable[[], str]]:
+    """Create fresh, empty databases; each call returns one's URL; all dropped after the test."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(postgres.create_database(postgres_server))
+        return made[-1]
+
+    yield make
+    for url in made:
+        postgres.drop_database(postgres_server, url)
+
+
+@pytest.fixture
+def pg_url(make_pg_url: Callable[[], str]) -> str:
+    """URL of a fresh, empty database of its own for this test."""
+    return make_pg_url()
+
+
+@pytest.fixture
+def pg_cluster() -> Iterator[postgres.PgCluster]:
+    """A started PostgreSQL cluster of the test's own, to stop and restart; removed afterwards."""
+    with postgres.PgCluster() as cluster:
+        yield cluster
