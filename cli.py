@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
-import os
 import sys
 import threading
 import time
@@ -18,10 +16,11 @@ from typing import Any
 import config as config_module
 import observe
 import reconcile
+import store as store_module
 import trello
 import worker as worker_module
 from gitlab_io import GitLabUnavailable, format_time
-from store import Store, StoreError
+from store import SCHEMA_VERSION, Store, StoreError
 
 USAGE_ERROR = 2
 
@@ -66,7 +65,7 @@ def trello_client(cfg: config_module.Config) -> trello.Client:
 
 
 def open_store(cfg: config_module.Config) -> Store:
-    store = Store.from_config(cfg)
+    store = store_module.open_store(cfg)
     try:
         store.setup()
     except StoreError as exc:
@@ -174,7 +173,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             problems.append(f"{label}: {exc}")
             print(f"problem: {problems[-1]}")
 
-    check("database", lambda: f"{open_store(cfg).path} is writable")
+    check("store", lambda: _store_ok(cfg))
     if not cfg.trello_configured:
         problems.append("Trello: [trello] key, token and list_id must all be set")
         print(f"problem: {problems[-1]}")
@@ -216,6 +215,26 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_ok(cfg: config_module.Config) -> str:
+    """Which store, whether it answers, and its schema version (upgraded here when older)."""
+    store = store_module.open_store(cfg)
+    name = "PostgreSQL" if store.backend == "postgresql" else "SQLite file"
+    try:
+        before = store.schema_version() if store.backend == "postgresql" else None
+        store.setup()
+        version = store.schema_version()
+    except StoreError as exc:
+        raise Failure(f"{name} {store.label}: {exc}") from None
+    finally:
+        store.close()
+    upgraded = f", upgraded from version {before}" if before not in (None, version) else ""
+    state = "current" if version == SCHEMA_VERSION else f"expected {SCHEMA_VERSION}"
+    return (
+        f"{name} {store.label} is reachable and writable, schema version {version} ({state})"
+        f"{upgraded}"
+    )
+
+
 def _list_ok(client: trello.Client, list_id: str) -> str:
     try:
         found = client.get_list(list_id)
@@ -229,7 +248,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg = load_config()
     store = open_store(cfg)
     health = store.health()
-    print(f"database          {store.path}")
+    print(f"store             {store.backend} {store.label}")
+    print(f"instance          {cfg.instance}")
     print(f"pending           {health['pending']}")
     print(f"waiting for card  {health['waiting_for_card']}")
     print(f"cards mapped      {health['cards']}")
@@ -300,19 +320,29 @@ def deliver(cfg: config_module.Config, store: Store, ids: list[int]) -> int:
     """Wait until ``ids`` are delivered: by the running service's worker, else by this process."""
     if not ids:
         return 0
-    lock = _try_lock(f"{cfg.database}.worker.lock")
     stop = threading.Event()
     runner = None
-    if lock is not None:
-        bridge = worker_module.build(cfg)
-        if bridge.client is None:
-            os.close(lock)
-            raise Failure("Trello is not configured; the issues are queued for later")
-        runner = threading.Thread(target=bridge.run, args=(stop,), kwargs={"reconcile": False})
-        runner.start()
-        print("delivering (no service is running, so this command delivers)", file=sys.stderr)
-    else:
-        print("the running service is delivering them", file=sys.stderr)
+    with contextlib.ExitStack() as slot:
+        if slot.enter_context(store.worker_slot(wait=False)):
+            bridge = worker_module.build(cfg)
+            if bridge.client is None:
+                raise Failure("Trello is not configured; the issues are queued for later")
+            runner = threading.Thread(target=bridge.run, args=(stop,), kwargs={"reconcile": False})
+            runner.start()
+            if store.shared:
+                print("delivering, beside the running instances' workers", file=sys.stderr)
+            else:
+                print(
+                    "delivering (no service is running, so this command delivers)", file=sys.stderr
+                )
+        else:
+            print("the running service is delivering them", file=sys.stderr)
+        return _wait_delivered(store, ids, stop, runner)
+
+
+def _wait_delivered(
+    store: Store, ids: list[int], stop: threading.Event, runner: threading.Thread | None
+) -> int:
     try:
         with progress("delivering", total=len(ids)) as tick:
             done = 0
@@ -328,21 +358,43 @@ def deliver(cfg: config_module.Config, store: Store, ids: list[int]) -> int:
         stop.set()
         if runner is not None:
             runner.join()
-        if lock is not None:
-            os.close(lock)
     dead = [d for d in store.dead_letters() if d["id"] in set(ids)]
     print(f"{len(ids) - len(dead)} delivered, {len(dead)} dead letter(s)")
     return 1 if dead else 0
 
 
-def _try_lock(path: str) -> int | None:
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Copy the SQLite file's state into PostgreSQL (see ``migrate.py``)."""
+    import migrate
+
+    cfg = load_config()
+    if cfg.postgresql:
+        raise Failure(
+            "[store] database is already PostgreSQL: migrate copies from the SQLite file it names",
+            USAGE_ERROR,
+        )
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+        target_cfg = config_module.load(overrides={"store": {"database": args.to}})
+    except config_module.ConfigError as exc:
+        raise Failure(str(exc), USAGE_ERROR) from None
+    if not target_cfg.postgresql:
+        raise Failure("--to takes a postgresql://user:password@host:port/dbname URL", USAGE_ERROR)
+    source = open_store(cfg)
+    with source.worker_slot(wait=False) as free:
+        if not free:
+            raise Failure(
+                f"the service is running on {source.label}: stop it first "
+                "(deliveries it takes meanwhile would not be copied)"
+            )
+        target = open_store(target_cfg)
+        print(f"copying {source.label} -> {target.label}", file=sys.stderr)
+        copied = migrate.copy(source, target, progress=_rows_bar)
+    for table, (new, total) in copied.items():
+        print(f"{table:<11} {new} copied, {total - new} already there")
+    print(
+        f"\ndone: set [store] database = {target.label} (with the password) and start the instances"
+    )
+    return 0
 
 
 @contextlib.contextmanager
@@ -363,6 +415,17 @@ def progress(label: str, total: int | None) -> Iterator[Callable[[str | None], N
         print(f"{label}: {count}{suffix}" + (f" {text}" if text else ""), file=sys.stderr)
 
     yield line
+
+
+@contextlib.contextmanager
+def _rows_bar(label: str, total: int) -> Iterator[Callable[[int], Any]]:
+    """A tqdm bar of rows on a terminal, silent otherwise (the totals are printed after)."""
+    from tqdm import tqdm
+
+    with tqdm(
+        total=total, desc=label, unit="row", file=sys.stderr, disable=not sys.stderr.isatty()
+    ) as bar:
+        yield bar.update
 
 
 # ---------------------------------------------------------------------- parser
@@ -396,6 +459,8 @@ def parser() -> argparse.ArgumentParser:
     backfill.add_argument("--state", choices=("opened", "closed", "all"), default="opened")
     backfill.add_argument("--dry-run", action="store_true", help="print what would change only")
     add("reconcile", cmd_reconcile, "one reconciliation pass over [gitlab] projects now")
+    move = add("migrate", cmd_migrate, "copy the SQLite file's state into PostgreSQL")
+    move.add_argument("--to", required=True, metavar="URL", help="postgresql://user:pw@host/db")
     return top
 
 

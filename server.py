@@ -19,7 +19,7 @@ import config as config_module
 import gitlab_io
 import observe
 from events import IssueEvent
-from store import Store, StoreError
+from store import Store, StoreError, open_store
 
 log = logging.getLogger("gitlab2trello.server")
 
@@ -87,7 +87,7 @@ def make_app(
     clock: Callable[[], float] = time.time,
 ) -> Bottle:
     """Build the WSGI application for one configuration."""
-    store = store or Store.from_config(cfg)
+    store = store or open_store(cfg)
     try:
         store.setup()
     except StoreError as exc:  # keep serving: /healthz and /issue answer 503 until it works
@@ -98,6 +98,7 @@ def make_app(
     tolerance = cfg.gitlab["signature_tolerance"]
     types = tuple(cfg.gitlab["types"])
     confidential = cfg.gitlab["confidential"]
+    instance = cfg.instance
     app = Bottle(catchall=True, autojson=False)
 
     @app.hook("before_request")
@@ -185,11 +186,19 @@ def make_app(
         except StoreError as exc:
             return _json(
                 503,
-                {"status": "error", "store": f"unavailable: {exc}", "trello_configured": False},
+                {
+                    "status": "error",
+                    "instance": instance,
+                    "store": f"unavailable: {exc}",
+                    "backend": store.backend,
+                    "trello_configured": False,
+                },
             )
         payload = {
             "status": "ok",
+            "instance": instance,
             "store": "ok",
+            "backend": store.backend,
             **counts,
             "trello_configured": cfg.trello_configured,
         }

@@ -14,7 +14,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import requests
@@ -63,11 +63,33 @@ class TrelloUnavailable(TrelloError):
     transient = True
 
 
+class LocalWindow:
+    """A sliding window of send times, in this process."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._sent: collections.deque[float] = collections.deque()
+        self._lock = threading.Lock()
+
+    def take(self, limit: int, interval: float) -> float:
+        """0 when a call may go now (and it is counted), else the seconds to wait first."""
+        with self._lock:
+            now = self._clock()
+            while self._sent and self._sent[0] <= now - interval:
+                self._sent.popleft()
+            if len(self._sent) < limit:
+                self._sent.append(now)
+                return 0.0
+            return self._sent[0] + interval - now
+
+
 class Pacer:
     """Keeps calls under ``limit`` per ``interval`` seconds (a sliding window of send times).
 
-    Trello's ``x-rate-limit-api-token-*`` headers and 429 answers pause every caller until the
-    window rolls over.
+    The window is this process's own, or one shared by every instance (``window``: the store's
+    ``rate_window``), so that the token's budget holds for all of them together. Trello's
+    ``x-rate-limit-api-token-*`` headers and 429 answers pause every caller until the window
+    rolls over.
     """
 
     def __init__(
@@ -76,12 +98,13 @@ class Pacer:
         interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        window: Any | None = None,
     ) -> None:
         self.limit = limit
         self.interval = interval
         self._clock = clock
         self._sleep = sleep
-        self._sent: collections.deque[float] = collections.deque()
+        self.window = window if window is not None else LocalWindow(clock)
         self._paused_until = 0.0
         self._limited = 0  # consecutive 429 answers
         self._lock = threading.Lock()
@@ -90,15 +113,11 @@ class Pacer:
         """Block until one more call may be sent."""
         while True:
             with self._lock:
-                now = self._clock()
-                while self._sent and self._sent[0] <= now - self.interval:
-                    self._sent.popleft()
-                wait = self._paused_until - now
-                if wait <= 0 and len(self._sent) < self.limit:
-                    self._sent.append(now)
-                    return
+                wait = self._paused_until - self._clock()
+            if wait <= 0:
+                wait = self.window.take(self.limit, self.interval)
                 if wait <= 0:
-                    wait = self._sent[0] + self.interval - now
+                    return
             self._sleep(max(wait, 0.005))
 
     def observe(self, headers: Mapping[str, str], status: int) -> None:
@@ -380,3 +399,110 @@ def authorize_url(key: str, app_name: str = "gitlab2trello") -> str:
         }
     )
     return f"https://trello.com/1/authorize?{query}"
+
+
+class BoardCache:
+    """What is worth remembering about boards: the board of a list, its labels, its members,
+    and its open cards indexed by a key (the issue URL in their description).
+
+    Read from Trello once and then kept; ``forget`` drops a board's cache when an answer may have
+    been lost (a card or label created without our knowing) or a 4xx hints that it changed.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._board_of: dict[str, str] = {}  # list id -> board id
+        self._boards: dict[str, _Board] = {}
+        self._lock = threading.Lock()
+
+    def board_of(self, list_id: str) -> str:
+        """The id of the board a list is on."""
+        with self._lock:  # held while asking Trello, so a cold start asks once, not per thread
+            board_id = self._board_of.get(list_id)
+            if board_id is None:
+                board_id = self.client.get_list(list_id)["idBoard"]
+                self._board_of[list_id] = board_id
+            self._boards.setdefault(board_id, _Board())
+            return board_id
+
+    def _board(self, board_id: str) -> _Board:
+        with self._lock:
+            return self._boards.setdefault(board_id, _Board())
+
+    def find_card(
+        self, board_id: str, key: str, keys_of: Callable[[str], list[str]], *, fresh: bool = False
+    ) -> dict[str, Any] | None:
+        """The open card whose description carries ``key`` (``keys_of(desc)`` lists them).
+
+        The board is read once and indexed; ``fresh`` reads it again first (a create may have
+        happened elsewhere since it was read).
+        """
+        board = self._board(board_id)
+        with board.lock:
+            if board.cards is None or fresh:
+                index: dict[str, dict[str, Any]] = {}
+                for card in self.client.board_cards(board_id):
+                    for found in keys_of(card.get("desc") or ""):
+                        index.setdefault(found, card)
+                board.cards = index
+            return board.cards.get(key)
+
+    def remember_card(self, board_id: str, key: str, card: dict[str, Any]) -> None:
+        board = self._board(board_id)
+        with board.lock:
+            if board.cards is not None:
+                board.cards[key] = card
+
+    def labels(self, board_id: str) -> dict[str, str]:
+        """Lower-cased label name -> label id."""
+        board = self._board(board_id)
+        with board.lock:
+            if board.labels is None:
+                labels: dict[str, str] = {}
+                for label in self.client.board_labels(board_id):
+                    if label.get("name"):
+                        labels.setdefault(label["name"].lower(), label["id"])
+                board.labels = labels
+            return dict(board.labels)
+
+    def ensure_labels(
+        self, board_id: str, wanted: Sequence[tuple[str, str | None]]
+    ) -> dict[str, str]:
+        """Every label of the board, after creating the (name, colour) ones it lacks."""
+        if not wanted:
+            return {}
+        board = self._board(board_id)
+        with board.lock:
+            self.labels(board_id)
+            assert board.labels is not None
+            for name, color in wanted:
+                if name.lower() not in board.labels:
+                    board.labels[name.lower()] = self.client.create_label(board_id, name, color)[
+                        "id"
+                    ]
+            return dict(board.labels)
+
+    def members(self, board_id: str) -> dict[str, str]:
+        """Lower-cased username -> member id."""
+        board = self._board(board_id)
+        with board.lock:
+            if board.members is None:
+                board.members = {
+                    m["username"].lower(): m["id"]
+                    for m in self.client.board_members(board_id)
+                    if m.get("username")
+                }
+            return dict(board.members)
+
+    def forget(self, board_id: str) -> None:
+        board = self._board(board_id)
+        with board.lock:
+            board.cards = board.labels = board.members = None
+
+
+class _Board:
+    def __init__(self) -> None:
+        self.labels: dict[str, str] | None = None
+        self.members: dict[str, str] | None = None
+        self.cards: dict[str, dict[str, Any]] | None = None
+        self.lock = threading.RLock()

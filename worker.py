@@ -8,44 +8,29 @@ issues overlap, the events of one issue are applied by one thread at a time, new
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import hashlib
 import logging
 import os
-import random
 import signal
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import config as config_module
 import observe
 import reconcile
+import retry
 import sync
 import trello
-from events import IssueEvent
-from store import PendingDelivery, Store, StoreError
+from store import Claim, Delivery, LostClaim, Store, StoreError, open_store
 
 log = logging.getLogger("gitlab2trello.worker")
 
 
-@dataclass
-class Board:
-    """What the worker caches about one board: its labels, members and open cards by issue URL."""
-
-    id: str
-    labels: dict[str, str] | None = None  # lower-cased name -> label id
-    members: dict[str, str] | None = None  # lower-cased username -> member id
-    cards: dict[str, dict[str, Any]] | None = None  # issue URL -> card
-    lock: threading.RLock = field(default_factory=threading.RLock)
-
-
 class Worker:
-    """Applies stored deliveries to Trello."""
+    """Applies stored deliveries to Trello: claim, plan, run, record."""
 
     def __init__(
         self,
@@ -58,10 +43,8 @@ class Worker:
         self.config = config
         self.store = store
         self.client = client
+        self.boards = trello.BoardCache(client) if client is not None else None
         self.clock = clock
-        self._boards: dict[str, Board] = {}
-        self._list_board: dict[str, str] = {}
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ the loop
 
@@ -72,37 +55,51 @@ class Worker:
         in_flight: set[str] = set()
         guard = threading.Lock()
         wake = threading.Event()
+        stop_listening = self.store.listen(wake.set)
+        # with notifications, polling only catches back-offs that have run out
+        idle = poll if stop_listening is None else max(poll, 2.0)
 
-        def done(key: str) -> None:
+        def done(claim: Claim) -> None:
+            try:
+                self.store.release(claim)
+            except StoreError as exc:
+                log.warning("%s: not released: %s", claim.issue_key, exc)
             with guard:
-                in_flight.discard(key)
+                in_flight.discard(claim.issue_key)
             wake.set()
 
         reconciler = self._start_reconciler(stop) if reconcile else None
-        with ThreadPoolExecutor(concurrency, thread_name_prefix="deliver") as pool:
-            while not stop.is_set():
-                with guard:
-                    room = concurrency * 2 - len(in_flight)
-                    busy = set(in_flight)
-                try:
-                    keys = self.store.due_issues(self.clock(), busy, room) if room > 0 else []
-                except (StoreError, sqlite3.Error) as exc:
-                    log.error("cannot read the queue: %s", exc)
-                    keys = []
-                    stop.wait(1)
-                for key in keys:
+        try:
+            with ThreadPoolExecutor(concurrency, thread_name_prefix="deliver") as pool:
+                while not stop.is_set():
                     with guard:
-                        in_flight.add(key)
-                    future = pool.submit(self.process, key)
-                    future.add_done_callback(lambda _f, key=key: done(key))
-                wake.wait(poll if not keys else 0.01)
-                wake.clear()
-            log.info("worker stopping: finishing %d issue(s) in flight", len(in_flight))
+                        room = concurrency * 2 - len(in_flight)
+                        busy = set(in_flight)
+                    wake.clear()
+                    try:
+                        claims = self.store.claim(self.clock(), busy, room) if room > 0 else []
+                    except StoreError as exc:
+                        log.error("cannot read the queue: %s", exc)
+                        claims = []
+                        stop.wait(1)
+                    for claim in claims:
+                        with guard:
+                            in_flight.add(claim.issue_key)
+                        future = pool.submit(self.process, claim)
+                        future.add_done_callback(lambda _f, claim=claim: done(claim))
+                    wake.wait(idle if not claims else 0.01)
+                log.info("worker stopping: finishing %d issue(s) in flight", len(in_flight))
+        finally:
+            if stop_listening is not None:
+                stop_listening()
         if reconciler is not None:
             reconciler.join(5)
 
     def _start_reconciler(self, stop: threading.Event) -> threading.Thread | None:
-        """Reconcile ``[gitlab] projects`` every ``reconcile_interval`` seconds, first at start."""
+        """Reconcile ``[gitlab] projects`` every ``reconcile_interval`` seconds, first at start.
+
+        One instance at a time: the others skip the pass; the watermark is in the store.
+        """
         interval = float(self.config.gitlab["reconcile_interval"])
         api = reconcile.api_from_config(self.config)
         if not interval or api is None or not self.config.gitlab["projects"]:
@@ -111,9 +108,20 @@ class Worker:
         def loop() -> None:
             while not stop.is_set():
                 try:
-                    outcome = reconcile.reconcile(self.config, self.store, api, self.clock())
-                    observe.count_reconcile(True, outcome.queued)
-                except Exception as exc:  # GitLab down or a bug: try again next time
+                    with self.store.exclusive("reconcile") as mine:
+                        last = float(self.store.meta("last_reconcile_at") or 0)
+                        if not mine:
+                            log.debug("another instance is reconciling: pass skipped")
+                        elif self.clock() - last < interval / 2:
+                            log.debug(
+                                "reconciled %.0f s ago elsewhere: pass skipped", self.clock() - last
+                            )
+                        else:
+                            outcome = reconcile.reconcile(
+                                self.config, self.store, api, self.clock()
+                            )
+                            observe.count_reconcile(True, outcome.queued)
+                except Exception as exc:  # GitLab or the store down, or a bug: next time
                     observe.count_reconcile(False)
                     log.warning("reconciliation failed: %s", exc)
                 stop.wait(interval)
@@ -122,101 +130,103 @@ class Worker:
         thread.start()
         return thread
 
-    def process(self, issue_key: str) -> None:
-        """Apply every pending delivery of one issue; never raises."""
+    def process(self, claim: Claim) -> None:
+        """Apply every pending delivery of one claimed issue; never raises."""
         try:
-            pending = self.store.pending_for(issue_key)
-            if not pending:
+            if not claim.deliveries:
                 return
-            observe.request_id.set(f"d{pending[0].id}")
+            observe.request_id.set(f"d{claim.deliveries[0].id}")
             try:
-                self._apply(issue_key, pending)
+                self._apply(claim)
             except trello.TrelloError as exc:
-                self._failed(issue_key, pending, exc, transient=exc.transient)
-            except (StoreError, sqlite3.Error):
+                self._failed(claim, exc, transient=exc.transient)
+            except StoreError:
                 raise
             except Exception as exc:  # a bug must not stop the loop: back off, keep the delivery
-                log.exception("unexpected error applying %s", issue_key)
-                self._failed(issue_key, pending, exc, transient=True)
-        except (
-            StoreError,
-            sqlite3.Error,
-        ) as exc:  # full disk, broken file: deliveries stay pending
-            log.error("%s: the store failed (%s); trying again shortly", issue_key, exc)
+                log.exception("unexpected error applying %s", claim.issue_key)
+                self._failed(claim, exc, transient=True)
+        except LostClaim as exc:
+            log.warning("%s; its deliveries stay queued", exc)
+        except StoreError as exc:  # full disk, database down: deliveries stay pending
+            log.error("%s: the store failed (%s); trying again shortly", claim.issue_key, exc)
             time.sleep(1)
 
-    def _failed(
-        self, issue_key: str, pending: list[PendingDelivery], exc: Exception, *, transient: bool
-    ) -> None:
-        ids = [p.id for p in pending]
-        reason = str(exc) or type(exc).__name__
+    def _failed(self, claim: Claim, exc: Exception, *, transient: bool) -> None:
+        ids = [d.id for d in claim.deliveries]
         now = self.clock()
-        row = self.store.issue(issue_key)
-        attempts = row.attempts if row else 0
-        first = row.first_failure_at if row and row.first_failure_at else now
-        give_up = float(self.config.worker["give_up_after"])
-        if transient and now - first < give_up:
-            initial = float(self.config.worker["retry_initial_wait"])
-            cap = float(self.config.worker["retry_max_wait"])
-            wait = min(cap, initial * 2**attempts) * random.uniform(0.5, 1.0)
-            self.store.retry_later(issue_key, ids, reason, now + wait, now=now)
-            log.warning("%s: %s; retry %d in %.1f s", issue_key, reason, attempts + 1, wait)
+        row = claim.issue
+        decision = retry.decide(
+            reason=str(exc) or type(exc).__name__,
+            transient=transient,
+            attempts=row.attempts if row else 0,
+            first_failure_at=row.first_failure_at if row else None,
+            now=now,
+            policy=self.config.worker,
+        )
+        if isinstance(decision, retry.Backoff):
+            self.store.retry_later(claim, ids, str(exc), decision.at, now=now)
+            log.warning(
+                "%s: %s; retry %d in %.1f s",
+                claim.issue_key,
+                exc,
+                (row.attempts if row else 0) + 1,
+                decision.wait,
+            )
         else:
-            if transient:
-                reason = f"gave up after {now - first:.0f} s: {reason}"
-            self.store.dead_letter(issue_key, ids, reason, now=now)
-            log.error("%s: dead letter (%d deliveries): %s", issue_key, len(ids), reason)
+            self.store.dead_letter(claim, ids, decision.reason, now=now)
+            log.error(
+                "%s: dead letter (%d deliveries): %s", claim.issue_key, len(ids), decision.reason
+            )
 
     # ------------------------------------------------------------------ applying
 
-    def _apply(self, issue_key: str, pending: list[PendingDelivery]) -> None:
-        events = [(p, IssueEvent.from_json(p.event)) for p in pending if p.kind == "issue"]
-        notes = [(p, IssueEvent.from_json(p.event)) for p in pending if p.kind == "note"]
+    def _apply(self, claim: Claim) -> None:
+        events = [d for d in claim.deliveries if d.kind == "issue"]
+        notes = [d for d in claim.deliveries if d.kind == "note"]
+        card_id = claim.issue.card_id if claim.issue else None
         if events:
-            self._apply_issue(issue_key, events)
+            card_id = self._apply_issue(claim, events)
         if notes:
-            self._apply_notes(issue_key, notes)
+            self._apply_notes(claim, notes, card_id)
 
-    def _apply_notes(self, issue_key: str, notes: list[tuple[PendingDelivery, IssueEvent]]) -> None:
+    def _apply_notes(self, claim: Claim, notes: Sequence[Delivery], card_id: str | None) -> None:
         """Copy comments, once each, in the order they arrived; park them while there is no card."""
-        row = self.store.issue(issue_key)
-        if row is None or row.card_id is None:
-            self.store.wait_for_card([p.id for p, _ in notes])
-            log.info("%s: %d comment(s) wait for the card", issue_key, len(notes))
+        if card_id is None:
+            self.store.wait_for_card(claim, [d.id for d in notes])
+            log.info("%s: %d comment(s) wait for the card", claim.issue_key, len(notes))
             return
         if self.client is None:
             raise RuntimeError("Trello is not configured")
-        for delivery, event in notes:
+        for delivery in notes:
+            event = delivery.event
             assert event.note is not None
-            if delivery.attempts and self.client.has_comment(row.card_id, event.note.url):
+            if delivery.attempts and self.client.has_comment(card_id, event.note.url):
                 outcome = "already copied"
             else:
-                self.store.mark_attempted(delivery.id)
-                self.client.add_comment(
-                    row.card_id, sync.comment_text(event.note, event.project_url)
-                )
+                self.store.mark_attempted(claim, delivery.id)
+                self.client.add_comment(card_id, sync.comment_text(event.note, event.project_url))
                 outcome = "commented"
-            self.store.finish([(delivery.id, outcome)])
+            self.store.finish(claim, [(delivery.id, outcome)])
             observe.observe_latency([self.clock() - delivery.received_at])
-            log.info("%s: %s -> %s on card %s", issue_key, event.describe, outcome, row.card_id)
+            log.info("%s: %s -> %s on card %s", claim.issue_key, event.describe, outcome, card_id)
 
-    def _apply_issue(
-        self, issue_key: str, events: list[tuple[PendingDelivery, IssueEvent]]
-    ) -> None:
-        newest_delivery, event = max(events, key=lambda pe: (pe[1].updated_at or 0.0, pe[0].id))
-        row = self.store.issue(issue_key)
+    def _apply_issue(self, claim: Claim, events: Sequence[Delivery]) -> str | None:
+        """Bring the card to the newest state of the issue; return the card's id, if any."""
+        newest = max(events, key=lambda d: (d.event.updated_at or 0.0, d.id))
+        event = newest.event
+        row = claim.issue
         if (
             row is not None
             and row.applied_updated_at is not None
             and event.updated_at is not None
             and event.updated_at < row.applied_updated_at
         ):
-            self.store.finish([(p.id, "stale") for p, _ in events])
-            log.info("%s: %d stale event(s) skipped", issue_key, len(events))
-            return
-        if self.client is None:
+            self.store.finish(claim, [(d.id, "stale") for d in events])
+            log.info("%s: %d stale event(s) skipped", claim.issue_key, len(events))
+            return row.card_id
+        if self.client is None or self.boards is None:
             raise RuntimeError("Trello is not configured")
-        done = [(p.id, "applied" if p is newest_delivery else "merged") for p, _ in events]
+        done = [(d.id, "applied" if d is newest else "merged") for d in events]
         routing = self.config.routing(event.project_id, event.project_path)
         spec = sync.desired_card(event, routing, self.config.gitlab["confidential"])
         card_id = row.card_id if row else None
@@ -227,57 +237,61 @@ class Worker:
                 self.client.update_card(card_id, {"closed": True})
                 applied = {**applied, "closed": True}
             self.store.save_card(
-                issue_key,
-                card_id,
-                row.board_id if row else None,
-                applied,
-                event.updated_at,
-                done=done,
+                claim, card_id, row.board_id if row else None, applied, event.updated_at, done=done
             )
-            return
-        board = self._board_for_list(spec.list_id)
+            return card_id
+        board_id = self.boards.board_of(spec.list_id)
         if card_id is None:
-            found = self._find_card(board, event.url)
+            # a create may have been sent before (by a worker that died, here or elsewhere):
+            # then the board is read again rather than trusted from the cache
+            fresh = bool(row and row.creating)
+            found = self.boards.find_card(board_id, event.url, sync.issue_urls, fresh=fresh)
             if found is not None:
                 card_id = found["id"]
-                applied = sync.found_state(found, {v: k for k, v in self._labels(board).items()})
-                log.info("%s: found card %s on the board", issue_key, card_id)
-        labels = self._ensure_labels(board, spec.labels)
-        members = self._members(board) if spec.members else {}
+                by_id = {v: k for k, v in self.boards.labels(board_id).items()}
+                applied = sync.found_state(found, by_id)
+                log.info("%s: found card %s on the board", claim.issue_key, card_id)
+        labels = self.boards.ensure_labels(
+            board_id, [(label.name, sync.nearest_color(label.color)) for label in spec.labels]
+        )
+        members = self.boards.members(board_id) if spec.members else {}
         spec = sync.with_unmapped(event, spec, routing, members.keys())
         ops = sync.plan(spec, applied, labels, members)
         try:
             for op in ops:
+                if op.kind == "create":
+                    self.store.mark_creating(claim)
                 created = self._run(op, card_id)
                 if created is not None:
                     card_id = created["id"]
-                    with board.lock:
-                        if board.cards is not None:  # just the id: the map has the rest
-                            board.cards[event.url] = {"id": card_id, "idList": spec.list_id}
+                    # just the id: the map has the rest
+                    self.boards.remember_card(
+                        board_id, event.url, {"id": card_id, "idList": spec.list_id}
+                    )
         except trello.TrelloError:
-            with board.lock:
-                # a lost answer may hide a created card or label, and a 4xx may come from a
-                # label or member removed by hand: read the board again on the next attempt
-                board.cards = board.labels = board.members = None
+            # a lost answer may hide a created card or label, and a 4xx may come from a
+            # label or member removed by hand: read the board again on the next attempt
+            self.boards.forget(board_id)
             raise
         self.store.save_card(
-            issue_key,
+            claim,
             card_id,
-            board.id,
+            board_id,
             sync.applied_state(spec, labels, members, applied) if card_id else None,
             event.updated_at,
             done=done,
         )
         now = self.clock()
-        observe.observe_latency(now - p.received_at for p, _ in events)
+        observe.observe_latency(now - d.received_at for d in events)
         log.info(
             "%s: %s -> card %s (%d call%s)",
-            issue_key,
+            claim.issue_key,
             event.describe,
             card_id or "none",
             len(ops),
             "" if len(ops) == 1 else "s",
         )
+        return card_id
 
     def _run(self, op: sync.Op, card_id: str | None) -> dict[str, Any] | None:
         """Perform one operation; return the card when it was created."""
@@ -301,100 +315,30 @@ class Worker:
             raise ValueError(f"unknown operation {op.kind}")
         return None
 
-    # ------------------------------------------------------------------ board cache
-
-    def _board_for_list(self, list_id: str) -> Board:
-        assert self.client is not None
-        with self._lock:  # held while asking Trello, so a cold start asks once, not per thread
-            board_id = self._list_board.get(list_id)
-            if board_id is None:
-                board_id = self.client.get_list(list_id)["idBoard"]
-                self._list_board[list_id] = board_id
-            return self._boards.setdefault(board_id, Board(board_id))
-
-    def _find_card(self, board: Board, url: str) -> dict[str, Any] | None:
-        """The open card whose description carries ``url``; the board is read once, then indexed."""
-        assert self.client is not None
-        with board.lock:
-            if board.cards is None:
-                index: dict[str, dict[str, Any]] = {}
-                for card in self.client.board_cards(board.id):
-                    for found in sync.issue_urls(card.get("desc") or ""):
-                        index.setdefault(found, card)
-                board.cards = index
-            return board.cards.get(url)
-
-    def _labels(self, board: Board) -> dict[str, str]:
-        assert self.client is not None
-        with board.lock:
-            if board.labels is None:
-                labels: dict[str, str] = {}
-                for label in self.client.board_labels(board.id):
-                    if label.get("name"):
-                        labels.setdefault(label["name"].lower(), label["id"])
-                board.labels = labels
-            return board.labels
-
-    def _ensure_labels(self, board: Board, wanted: tuple[Any, ...]) -> dict[str, str]:
-        if not wanted:
-            return {}
-        assert self.client is not None
-        with board.lock:
-            labels = self._labels(board)
-            for label in wanted:
-                if label.name.lower() not in labels:
-                    created = self.client.create_label(
-                        board.id, label.name, sync.nearest_color(label.color)
-                    )
-                    labels[label.name.lower()] = created["id"]
-            return dict(labels)
-
-    def _members(self, board: Board) -> dict[str, str]:
-        assert self.client is not None
-        with board.lock:
-            if board.members is None:
-                board.members = {
-                    m["username"].lower(): m["id"]
-                    for m in self.client.board_members(board.id)
-                    if m.get("username")
-                }
-            return dict(board.members)
-
 
 # ---------------------------------------------------------------------- the process
 
 
-@contextlib.contextmanager
-def single_instance(path: str) -> Iterator[None]:
-    """Hold an exclusive lock so that only one worker delivers from one database."""
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                log.warning("another worker holds %s; waiting", path)
-                time.sleep(2)
-        yield
-    finally:
-        os.close(fd)
-
-
 def build(cfg: config_module.Config) -> Worker:
     """A worker wired to the configured store and Trello."""
-    store = Store.from_config(cfg)
+    store = open_store(cfg)
     store.setup()
     client = None
     if cfg.trello_configured:
         t = cfg.trello
+        # one budget per token, shared by every instance when the store is
+        budget = "trello:" + hashlib.sha256(t["token"].encode()).hexdigest()[:16]
         client = trello.Client(
             t["api_url"],
             t["key"],
             t["token"],
             connect_timeout=t["connect_timeout"],
             read_timeout=t["read_timeout"],
-            pacer=trello.Pacer(limit=t["max_requests_per_10s"], interval=10.0),
+            pacer=trello.Pacer(
+                limit=t["max_requests_per_10s"],
+                interval=10.0,
+                window=store.rate_window(budget),
+            ),
             on_call=observe.count_trello_call,
         )
     return Worker(cfg, store, client)
@@ -436,8 +380,8 @@ def _deliver_until(cfg: config_module.Config, stop: threading.Event) -> None:
             stop.wait(5)
     else:
         return
-    with single_instance(f"{cfg.database}.worker.lock"):
-        log.info("worker started (pid %d)", os.getpid())
+    with worker.store.worker_slot():  # with a SQLite file: one worker per file
+        log.info("worker started (pid %d, %s)", os.getpid(), worker.store.label)
         worker.run(stop)
 
 

@@ -24,9 +24,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from store.base import (
+    COPY_COLUMNS,
+    DELIVERY_COLUMNS,
+    ISSUE_COLUMNS,
+    SCHEMA_VERSION,
+    Claim,
+    IssueState,
+    Store,
+    StoreError,
+    claims_from_rows,
+    health_counts,
+    issue_from_row,
+)
 
-SCHEMA = """
+# numbered migrations: version -> statements; a file at version N gets N+1.. applied in order
+MIGRATIONS: dict[int, str] = {
+    1: """
 CREATE TABLE IF NOT EXISTS deliveries (
     id          INTEGER PRIMARY KEY,
     dedupe_key  TEXT NOT NULL UNIQUE,
@@ -60,32 +74,12 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT
 );
-"""
-
-
-class StoreError(Exception):
-    """The database cannot be used (answered 503 at the edge)."""
-
-
-@dataclass(frozen=True)
-class PendingDelivery:
-    id: int
-    kind: str
-    event: str
-    updated_at: float | None
-    received_at: float
-    attempts: int
-
-
-@dataclass(frozen=True)
-class IssueRow:
-    issue_key: str
-    card_id: str | None
-    board_id: str | None
-    applied: dict[str, Any] | None
-    applied_updated_at: float | None
-    attempts: int
-    first_failure_at: float | None
+""",
+    # a create was sent and its answer is not recorded yet: whoever takes the issue next looks
+    # for the card on the board first (another instance, or this one after a crash)
+    2: "ALTER TABLE issues ADD COLUMN creating INTEGER NOT NULL DEFAULT 0;",
+}
+assert max(MIGRATIONS) == SCHEMA_VERSION
 
 
 @dataclass
@@ -100,11 +94,13 @@ class _Waiter:
     error: BaseException | None = None
 
 
-class Store:
-    """All access to the bridge's SQLite file."""
+class SqliteStore(Store):
+    """The bridge's SQLite file: the embedded default, one instance (one worker) per file."""
+
+    backend = "sqlite"
 
     @classmethod
-    def from_config(cls, cfg: Any) -> Store:
+    def from_config(cls, cfg: Any) -> SqliteStore:
         """The store a ``config.Config`` describes (not yet set up)."""
         return cls(
             cfg.database,
@@ -122,6 +118,7 @@ class Store:
         group_commit: bool = True,
     ) -> None:
         self.path = Path(path)
+        self.label = str(self.path)
         self.group_commit = group_commit
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
@@ -137,22 +134,50 @@ class Store:
     # ------------------------------------------------------------------ connections
 
     def setup(self) -> None:
-        """Create folders, the file (mode 0600) and the schema; raise ``StoreError`` on failure."""
+        """Create folders, the file (mode 0600), and the schema, or upgrade it in place."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not self.path.exists():
                 fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
                 os.close(fd)
             with self._write() as conn:
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.executemany(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
-                    [("schema_version", str(SCHEMA_VERSION)), ("created_at", str(time.time()))],
-                )
+                version = self._version(conn)
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path} has schema version {version}, newer than this code's "
+                        f"{SCHEMA_VERSION}: upgrade gitlab2trello"
+                    )
+                for number in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[number].split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(
+                        "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                        ("created_at", str(time.time())),
+                    )
+                    conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+                        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        (str(number),),
+                    )
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot use database {self.path}: {exc}") from exc
+
+    @staticmethod
+    def _version(conn: sqlite3.Connection) -> int:
+        has_meta = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        if not has_meta:
+            return 0
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def schema_version(self) -> int:
+        try:
+            return self._version(self._conn())
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read database {self.path}: {exc}") from exc
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -303,7 +328,6 @@ class Store:
         return bool(row and row[0])
 
     def health(self) -> dict[str, Any]:
-        """Counts for ``/healthz``; raises ``StoreError`` when the database cannot be read."""
         try:
             conn = self._conn()
             counts = dict(
@@ -314,66 +338,81 @@ class Store:
             ).fetchone()[0]
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read database: {exc}") from exc
-        return {
-            "pending": counts.get("pending", 0),
-            "waiting_for_card": counts.get("waiting", 0),
-            "dead_letters": counts.get("dead", 0),
-            "delivered": counts.get("done", 0),
-            "cards": cards,
-        }
+        return health_counts(counts, cards)
 
     # ------------------------------------------------------------------ the worker
 
-    def due_issues(self, now: float, exclude: Iterable[str] = (), limit: int = 50) -> list[str]:
-        """Issues with pending deliveries that are not backing off, oldest delivery first.
+    def claim(self, now: float, busy: Iterable[str] = (), limit: int = 50) -> list[Claim]:
+        """Due issues, oldest delivery first, with their state and pending deliveries.
 
         Reads the queue in delivery order through its partial index and stops after a bounded
-        number of rows, so the cost does not grow with the backlog.
+        number of rows, so the cost does not grow with the backlog. One worker per file (see
+        ``worker_slot``): ``busy`` are the issues it holds already.
         """
-        skip = set(exclude)
+        skip = set(busy)
         scan = max(200, 20 * (limit + len(skip)))
-        rows = self._conn().execute(
-            "SELECT d.issue_key FROM deliveries d"
-            " LEFT JOIN issues i ON i.issue_key = d.issue_key"
-            " WHERE d.state = 'pending' AND (i.next_attempt_at IS NULL OR i.next_attempt_at <= ?)"
-            " ORDER BY d.id LIMIT ?",
-            (now, scan),
-        )
-        keys: list[str] = []
-        for (key,) in rows:
-            if key not in skip:
-                skip.add(key)
-                keys.append(key)
-                if len(keys) >= limit:
-                    break
-        return keys
-
-    def pending_for(self, issue_key: str) -> list[PendingDelivery]:
-        rows = self._conn().execute(
-            "SELECT id, kind, event, updated_at, received_at, attempts FROM deliveries"
-            " WHERE issue_key = ? AND state = 'pending' ORDER BY id",
-            (issue_key,),
-        )
-        return [PendingDelivery(*row) for row in rows]
-
-    def issue(self, issue_key: str) -> IssueRow | None:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT issue_key, card_id, board_id, applied, applied_updated_at, attempts,"
-                " first_failure_at FROM issues WHERE issue_key = ?",
-                (issue_key,),
+        try:
+            conn = self._conn()
+            rows = conn.execute(
+                "SELECT d.issue_key FROM deliveries d"
+                " LEFT JOIN issues i ON i.issue_key = d.issue_key"
+                " WHERE d.state = 'pending'"
+                " AND (i.next_attempt_at IS NULL OR i.next_attempt_at <= ?)"
+                " ORDER BY d.id LIMIT ?",
+                (now, scan),
             )
-            .fetchone()
-        )
-        if row is None:
-            return None
-        applied = json.loads(row[3]) if row[3] else None
-        return IssueRow(row[0], row[1], row[2], applied, row[4], row[5], row[6])
+            keys: list[str] = []
+            for (key,) in rows:
+                if key not in skip:
+                    skip.add(key)
+                    keys.append(key)
+                    if len(keys) >= limit:
+                        break
+            if not keys:
+                return []
+            marks = ",".join("?" * len(keys))
+            # one read for the batch: a consistent snapshot of the deliveries and the issues
+            conn.execute("BEGIN")
+            try:
+                pending = conn.execute(
+                    f"SELECT issue_key, {DELIVERY_COLUMNS} FROM deliveries"
+                    f" WHERE issue_key IN ({marks}) AND state = 'pending' ORDER BY id",
+                    keys,
+                ).fetchall()
+                issues = conn.execute(
+                    f"SELECT {ISSUE_COLUMNS} FROM issues WHERE issue_key IN ({marks})", keys
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the queue: {exc}") from exc
+        return claims_from_rows(keys, pending, issues, json.loads)
+
+    def release(self, claim: Claim) -> None:
+        """Nothing to let go: the worker lock covers every issue of the file."""
+
+    def issue(self, issue_key: str) -> IssueState | None:
+        try:
+            row = (
+                self._conn()
+                .execute(f"SELECT {ISSUE_COLUMNS} FROM issues WHERE issue_key = ?", (issue_key,))
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read database: {exc}") from exc
+        return None if row is None else issue_from_row(row, json.loads)
+
+    def mark_creating(self, claim: Claim) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO issues (issue_key, creating, changed_at) VALUES (?, 1, ?)"
+                " ON CONFLICT (issue_key) DO UPDATE SET creating = 1",
+                (claim.issue_key, time.time()),
+            )
 
     def save_card(
         self,
-        issue_key: str,
+        claim: Claim,
         card_id: str | None,
         board_id: str | None,
         applied: dict[str, Any] | None,
@@ -382,23 +421,19 @@ class Store:
         done: Iterable[tuple[int, str]] = (),
         now: float | None = None,
     ) -> None:
-        """Record what the card now looks like, and finish the deliveries it covers, atomically.
-
-        ``done`` lists (delivery id, outcome). A successful save ends any back-off of the issue.
-        """
         now = time.time() if now is None else now
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO issues (issue_key, card_id, board_id, applied, applied_updated_at,"
-                " attempts, first_failure_at, next_attempt_at, last_error, changed_at)"
-                " VALUES (?, ?, ?, ?, ?, 0, NULL, NULL, NULL, ?)"
+                " attempts, first_failure_at, next_attempt_at, last_error, changed_at, creating)"
+                " VALUES (?, ?, ?, ?, ?, 0, NULL, NULL, NULL, ?, 0)"
                 " ON CONFLICT (issue_key) DO UPDATE SET card_id = excluded.card_id,"
                 " board_id = excluded.board_id, applied = excluded.applied,"
                 " applied_updated_at = excluded.applied_updated_at, attempts = 0,"
                 " first_failure_at = NULL, next_attempt_at = NULL, last_error = NULL,"
-                " changed_at = excluded.changed_at",
+                " changed_at = excluded.changed_at, creating = 0",
                 (
-                    issue_key,
+                    claim.issue_key,
                     card_id,
                     board_id,
                     json.dumps(applied, sort_keys=True) if applied is not None else None,
@@ -411,7 +446,7 @@ class Store:
                 conn.execute(
                     "UPDATE deliveries SET state = 'pending'"
                     " WHERE issue_key = ? AND state = 'waiting'",
-                    (issue_key,),
+                    (claim.issue_key,),
                 )
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('last_delivery_at', ?)"
@@ -419,36 +454,34 @@ class Store:
                 (str(now),),
             )
 
-    def wait_for_card(self, delivery_ids: Sequence[int]) -> None:
-        """Park comments of an issue that has no card; ``save_card`` wakes them."""
+    def wait_for_card(self, claim: Claim, delivery_ids: Sequence[int]) -> None:
         with self._write() as conn:
             conn.executemany(
                 "UPDATE deliveries SET state = 'waiting' WHERE id = ? AND state = 'pending'",
                 [(i,) for i in delivery_ids],
             )
 
-    def mark_attempted(self, delivery_id: int) -> None:
-        """Count an attempt before a call that must not be repeated blindly (a comment)."""
+    def mark_attempted(self, claim: Claim, delivery_id: int) -> None:
         with self._write() as conn:
             conn.execute(
                 "UPDATE deliveries SET attempts = attempts + 1 WHERE id = ?", (delivery_id,)
             )
 
-    def finish(self, done: Iterable[tuple[int, str]], *, now: float | None = None) -> None:
-        """Mark deliveries done without touching the card (stale or nothing to do)."""
+    def finish(
+        self, claim: Claim, done: Iterable[tuple[int, str]], *, now: float | None = None
+    ) -> None:
         with self._write() as conn:
             self._finish(conn, done, "done", time.time() if now is None else now)
 
     def retry_later(
         self,
-        issue_key: str,
+        claim: Claim,
         delivery_ids: Sequence[int],
         error: str,
         next_attempt_at: float,
         *,
         now: float | None = None,
     ) -> None:
-        """Back off the whole issue until ``next_attempt_at`` and remember the failure."""
         now = time.time() if now is None else now
         with self._write() as conn:
             conn.execute(
@@ -458,7 +491,7 @@ class Store:
                 " first_failure_at = COALESCE(first_failure_at, excluded.first_failure_at),"
                 " next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error,"
                 " changed_at = excluded.changed_at",
-                (issue_key, now, next_attempt_at, error, now),
+                (claim.issue_key, now, next_attempt_at, error, now),
             )
             conn.executemany(
                 "UPDATE deliveries SET attempts = attempts + 1 WHERE id = ?",
@@ -466,21 +499,15 @@ class Store:
             )
 
     def dead_letter(
-        self,
-        issue_key: str,
-        delivery_ids: Sequence[int],
-        reason: str,
-        *,
-        now: float | None = None,
+        self, claim: Claim, delivery_ids: Sequence[int], reason: str, *, now: float | None = None
     ) -> None:
-        """Give up on these deliveries, keep them with the reason; the issue stops backing off."""
         now = time.time() if now is None else now
         with self._write() as conn:
             self._finish(conn, [(i, reason) for i in delivery_ids], "dead", now)
             conn.execute(
                 "UPDATE issues SET attempts = 0, first_failure_at = NULL, next_attempt_at = NULL,"
                 " last_error = ?, changed_at = ? WHERE issue_key = ?",
-                (reason, now, issue_key),
+                (reason, now, claim.issue_key),
             )
 
     @staticmethod
@@ -493,10 +520,43 @@ class Store:
             [(state, outcome, now, delivery_id) for delivery_id, outcome in done],
         )
 
+    # ------------------------------------------------------------------ coordination
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        fd = os.open(f"{self.path}.{name}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def worker_slot(self, wait: bool = True) -> Iterator[bool]:
+        """One worker per file: the holder of ``<file>.worker.lock`` (the running service's)."""
+        fd = os.open(f"{self.path}.worker.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not wait:
+                        yield False
+                        return
+                    time.sleep(2)
+            yield True
+        finally:
+            os.close(fd)
+
     # ------------------------------------------------------------------ operators
 
     def dead_letters(self) -> list[dict[str, Any]]:
-        rows = self._conn().execute(
+        rows = self._read(
             "SELECT id, issue_key, received_at, finished_at, outcome, attempts FROM deliveries"
             " WHERE state = 'dead' ORDER BY id"
         )
@@ -504,7 +564,6 @@ class Store:
         return [dict(zip(names, row, strict=True)) for row in rows]
 
     def replay(self, ids: Sequence[int] | None = None) -> int:
-        """Put dead letters back in the queue (all of them when ``ids`` is None)."""
         with self._write() as conn:
             if ids is None:
                 cursor = conn.execute(
@@ -523,8 +582,8 @@ class Store:
             return count
 
     def meta(self, key: str) -> str | None:
-        row = self._conn().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
 
     def set_meta(self, key: str, value: str) -> None:
         with self._write() as conn:
@@ -535,20 +594,49 @@ class Store:
             )
 
     def unfinished(self, delivery_ids: Sequence[int]) -> int:
-        """How many of these deliveries are still pending or waiting."""
-        conn = self._conn()
         count = 0
         for start in range(0, len(delivery_ids), 500):
             chunk = list(delivery_ids[start : start + 500])
             marks = ",".join("?" * len(chunk))
-            count += conn.execute(
+            count += self._read(
                 f"SELECT COUNT(*) FROM deliveries WHERE id IN ({marks})"
                 " AND state IN ('pending', 'waiting')",
                 chunk,
-            ).fetchone()[0]
+            )[0][0]
         return count
 
     def delivery_states(self) -> dict[str, str]:
-        """dedupe key -> state, for tests and benchmarks that check what was stored."""
-        rows = self._conn().execute("SELECT dedupe_key, state FROM deliveries")
-        return dict(rows.fetchall())
+        return dict(self._read("SELECT dedupe_key, state FROM deliveries"))
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._conn().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read database {self.path}: {exc}") from exc
+
+    # ------------------------------------------------------------------ moving stores
+
+    def export_rows(self, table: str) -> Iterator[tuple[Any, ...]]:
+        columns = ", ".join(COPY_COLUMNS[table])
+        where = " WHERE state != 'done'" if table == "deliveries" else ""
+        order = " ORDER BY id" if table == "deliveries" else ""
+        try:
+            cursor = self._conn().execute(f"SELECT {columns} FROM {table}{where}{order}")
+            while rows := cursor.fetchmany(500):
+                yield from rows
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read {self.path}: {exc}") from exc
+
+    def count_rows(self, table: str) -> int:
+        where = " WHERE state != 'done'" if table == "deliveries" else ""
+        return int(self._read(f"SELECT COUNT(*) FROM {table}{where}")[0][0])
+
+    def import_rows(self, table: str, rows: Sequence[tuple[Any, ...]]) -> int:
+        columns = COPY_COLUMNS[table]
+        marks = ", ".join("?" * len(columns))
+        with self._write() as conn:
+            before = conn.total_changes
+            conn.executemany(
+                f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows
+            )
+            return conn.total_changes - before
