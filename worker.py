@@ -243,8 +243,11 @@ class Worker:
         board_id = self.boards.board_of(spec.list_id)
         if card_id is None:
             # a create may have been sent before (by a worker that died, here or elsewhere):
-            # then the board is read again rather than trusted from the cache
-            fresh = bool(row and row.creating)
+            # then the board is read again rather than trusted from the cache, once that
+            # create can no longer be on its way
+            fresh = bool(row and row.creating_at)
+            if row and row.creating_at:
+                self._wait_out_create(row.creating_at)
             found = self.boards.find_card(board_id, event.url, sync.issue_urls, fresh=fresh)
             if found is not None:
                 card_id = found["id"]
@@ -292,6 +295,19 @@ class Worker:
             "" if len(ops) == 1 else "s",
         )
         return card_id
+
+    def _wait_out_create(self, creating_at: float) -> None:
+        """Sleep until a create sent at ``creating_at`` has been answered or has timed out."""
+        t = self.config.trello
+        grace = creating_at + float(t["connect_timeout"]) + float(t["read_timeout"]) + 1.0
+        wait = grace - self.clock()
+        if wait > 0:
+            log.info(
+                "a create sent %.1f s ago may still land: waiting %.1f s",
+                self.clock() - creating_at,
+                wait,
+            )
+            time.sleep(min(wait, 60.0))
 
     def _run(self, op: sync.Op, card_id: str | None) -> dict[str, Any] | None:
         """Perform one operation; return the card when it was created."""

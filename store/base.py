@@ -55,7 +55,8 @@ class IssueState:
     applied_updated_at: float | None
     attempts: int
     first_failure_at: float | None
-    creating: bool = False  # a create was sent and its answer not recorded: look on the board
+    # when a create was sent whose answer is not recorded: look on the board first
+    creating_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Claim:
 DELIVERY_COLUMNS = "id, kind, event, updated_at, received_at, attempts"
 ISSUE_COLUMNS = (
     "issue_key, card_id, board_id, applied, applied_updated_at, attempts, first_failure_at,"
-    " creating"
+    " creating_at"
 )
 # what ``migrate`` copies, table by table, in this column order
 COPY_COLUMNS: Mapping[str, tuple[str, ...]] = {
@@ -87,7 +88,7 @@ COPY_COLUMNS: Mapping[str, tuple[str, ...]] = {
         "next_attempt_at",
         "last_error",
         "changed_at",
-        "creating",
+        "creating_at",
     ),
     "deliveries": (
         "dedupe_key",
@@ -122,7 +123,7 @@ def issue_from_row(row: Sequence[Any], decode: Callable[[str], Any]) -> IssueSta
         row[4],
         int(row[5]),
         row[6],
-        bool(row[7]),
+        row[7],
     )
 
 
@@ -195,7 +196,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def mark_creating(self, claim: Claim) -> None:
-        """Record, before a card is created, that a create may happen (``IssueState.creating``)."""
+        """Record, before a card is created, that a create is under way (``creating_at``)."""
 
     @abc.abstractmethod
     def save_card(

@@ -86,7 +86,7 @@ CREATE TABLE issues (
 );
 """,
     2: """
-ALTER TABLE issues ADD COLUMN creating INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE issues ADD COLUMN creating_at DOUBLE PRECISION;
 -- the calls of the shared Trello budget; losing them in a crash costs nothing
 CREATE UNLOGGED TABLE rate_calls (
     name TEXT NOT NULL,
@@ -440,11 +440,12 @@ class PostgresStore(Store):
         return issue_from_row(rows[0], json.loads) if rows else None
 
     def mark_creating(self, claim: Claim) -> None:
+        now = time.time()
         with self._claim_session(claim) as conn:
             conn.execute(
-                "INSERT INTO issues (issue_key, creating, changed_at) VALUES (%s, 1, %s)"
-                " ON CONFLICT (issue_key) DO UPDATE SET creating = 1",
-                (claim.issue_key, time.time()),
+                "INSERT INTO issues (issue_key, creating_at, changed_at) VALUES (%s, %s, %s)"
+                " ON CONFLICT (issue_key) DO UPDATE SET creating_at = excluded.creating_at",
+                (claim.issue_key, now, now),
             )
 
     def save_card(
@@ -462,13 +463,13 @@ class PostgresStore(Store):
         with self._claim_session(claim) as conn:
             conn.execute(
                 "INSERT INTO issues (issue_key, card_id, board_id, applied, applied_updated_at,"
-                " attempts, first_failure_at, next_attempt_at, last_error, changed_at, creating)"
-                " VALUES (%s, %s, %s, %s, %s, 0, NULL, NULL, NULL, %s, 0)"
+                " attempts, first_failure_at, next_attempt_at, last_error, changed_at, creating_at)"
+                " VALUES (%s, %s, %s, %s, %s, 0, NULL, NULL, NULL, %s, NULL)"
                 " ON CONFLICT (issue_key) DO UPDATE SET card_id = excluded.card_id,"
                 " board_id = excluded.board_id, applied = excluded.applied,"
                 " applied_updated_at = excluded.applied_updated_at, attempts = 0,"
                 " first_failure_at = NULL, next_attempt_at = NULL, last_error = NULL,"
-                " changed_at = excluded.changed_at, creating = 0",
+                " changed_at = excluded.changed_at, creating_at = NULL",
                 (
                     claim.issue_key,
                     card_id,

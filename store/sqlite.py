@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS meta (
 """,
     # a create was sent and its answer is not recorded yet: whoever takes the issue next looks
     # for the card on the board first (another instance, or this one after a crash)
-    2: "ALTER TABLE issues ADD COLUMN creating INTEGER NOT NULL DEFAULT 0;",
+    2: "ALTER TABLE issues ADD COLUMN creating_at REAL;",
 }
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
@@ -403,11 +403,12 @@ class SqliteStore(Store):
         return None if row is None else issue_from_row(row, json.loads)
 
     def mark_creating(self, claim: Claim) -> None:
+        now = time.time()
         with self._write() as conn:
             conn.execute(
-                "INSERT INTO issues (issue_key, creating, changed_at) VALUES (?, 1, ?)"
-                " ON CONFLICT (issue_key) DO UPDATE SET creating = 1",
-                (claim.issue_key, time.time()),
+                "INSERT INTO issues (issue_key, creating_at, changed_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (issue_key) DO UPDATE SET creating_at = excluded.creating_at",
+                (claim.issue_key, now, now),
             )
 
     def save_card(
@@ -425,13 +426,13 @@ class SqliteStore(Store):
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO issues (issue_key, card_id, board_id, applied, applied_updated_at,"
-                " attempts, first_failure_at, next_attempt_at, last_error, changed_at, creating)"
-                " VALUES (?, ?, ?, ?, ?, 0, NULL, NULL, NULL, ?, 0)"
+                " attempts, first_failure_at, next_attempt_at, last_error, changed_at, creating_at)"
+                " VALUES (?, ?, ?, ?, ?, 0, NULL, NULL, NULL, ?, NULL)"
                 " ON CONFLICT (issue_key) DO UPDATE SET card_id = excluded.card_id,"
                 " board_id = excluded.board_id, applied = excluded.applied,"
                 " applied_updated_at = excluded.applied_updated_at, attempts = 0,"
                 " first_failure_at = NULL, next_attempt_at = NULL, last_error = NULL,"
-                " changed_at = excluded.changed_at, creating = 0",
+                " changed_at = excluded.changed_at, creating_at = NULL",
                 (
                     claim.issue_key,
                     card_id,

@@ -242,7 +242,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 # never to be found in a log line or an answer body (tests configure these)
-KNOWN_SECRETS = ("ATTA" + "t" * 72, "hook-secret-value", "s3cret-token-value", "whsec_")
+PG_PASSWORD = "s3cret-pg-pass"  # trust auth accepts it; it must never reach a log
+KNOWN_SECRETS = (
+    "ATTA" + "t" * 72,
+    "hook-secret-value",
+    "s3cret-token-value",
+    "whsec_",
+    PG_PASSWORD,
+)
+
+
+def with_password(url: str, password: str = PG_PASSWORD) -> str:
+    """``url`` with ``password`` for its user (``postgresql://user:password@host...``)."""
+    scheme, rest = url.split("://", 1)
+    user, host = rest.split("@", 1)
+    return f"{scheme}://{user.split(':', 1)[0]}:{password}@{host}"
 
 
 @pytest.fixture

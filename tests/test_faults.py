@@ -41,8 +41,15 @@ def post_until_acknowledged(service, payload, key: str, deadline: float) -> int:
     raise AssertionError(f"delivery {key} never acknowledged")
 
 
-def test_sigkill_at_random_moments_loses_and_doubles_nothing(service, trello, campaign):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_sigkill_at_random_moments_loses_and_doubles_nothing(
+    request, make_service, trello, campaign, backend
+):
     """Deliveries during repeated kill -9 and restarts: exactly one card per delivery."""
+    settings = {}
+    if backend == "postgresql":
+        settings = {"store": {"database": request.getfixturevalue("pg_url")}}
+    service = make_service(settings)
     total, kills = campaign
     trello.set_latency(0.01)
     rng = random.Random(20261129)

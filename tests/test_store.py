@@ -235,10 +235,10 @@ def test_mark_creating_is_seen_until_the_card_is_saved(store):
     store.mark_creating(claim)
     store.release(claim)
     again = claim_one(store)
-    assert again.issue is not None and again.issue.creating and again.issue.card_id is None
+    assert again.issue is not None and again.issue.creating_at and again.issue.card_id is None
     store.save_card(again, "c" * 24, "b" * 24, {}, 1.0, done=[(delivery_id, "applied")])
     row = store.issue(ISSUE_A)
-    assert row is not None and not row.creating
+    assert row is not None and row.creating_at is None
 
 
 def test_finish_marks_done_without_card(store):
@@ -460,7 +460,7 @@ def test_a_file_of_schema_version_1_is_upgraded_and_keeps_working(tmp_path):
     db.setup()
     assert db.schema_version() == SCHEMA_VERSION
     mapped = db.issue("https://gitlab.example.com|42|1")
-    assert mapped is not None and mapped.card_id == "a" * 24 and not mapped.creating
+    assert mapped is not None and mapped.card_id == "a" * 24 and mapped.creating_at is None
     assert mapped.applied == {"closed": False, "name": "[ ISSUE 1 ] Mapped issue"}
     assert [d["reason"] for d in db.dead_letters()] == ["HTTP 400 from Trello"]
     assert db.meta("reconcile_watermark:42") == "1700000000.0"

@@ -96,13 +96,15 @@ _COMPILED_ROUTES = emulator_http.compile_routes(ROUTES)
 class Call:
     """One API request as received: method, path without query (``/1/...``), status, wall time.
 
-    ``status`` is 0 when the connection was reset instead of answered.
+    ``status`` is 0 when the connection was reset instead of answered; ``done`` is the wall time
+    the answer was ready (so overlapping calls can be told).
     """
 
     method: str
     path: str
     status: int
     t: float
+    done: float = 0.0
 
 
 @dataclass
@@ -460,7 +462,7 @@ class TrelloEmulator(emulator_http.LoopbackEmulator):
         reply = self._handle_api(method, split.path, split.query, headers, body)
         with self._lock:
             status = 0 if reply.reset else reply.status
-            self._calls.append(Call(method, split.path, status, received))
+            self._calls.append(Call(method, split.path, status, received, time.time()))
         return reply
 
     def _handle_api(self, method: str, path: str, query: str, headers: Any, body: bytes) -> _Reply:
