@@ -41,7 +41,7 @@ def decide(
 ) -> Backoff | GiveUp:
     """What to do after a failure; ``policy`` is ``[worker]`` (retry_initial_wait,
     retry_max_wait, give_up_after); ``attempts`` counts the failures before this one."""
-    first = first_failure_at if first_failure_at else now
+    first = now if first_failure_at is None else first_failure_at
     if not transient:
         return GiveUp(reason)
     if now - first >= float(policy["give_up_after"]):
