@@ -305,3 +305,42 @@ def test_config_error_lists_problems():
     error = config.ConfigError(["one", "two"])
     assert error.problems == ["one", "two"]
     assert str(error) == "invalid configuration:\n  - one\n  - two"
+
+
+def test_database_url_selects_postgresql_and_hides_its_password(tmp_path):
+    """A postgresql:// (or postgres://) URL selects PostgreSQL; shown without its password."""
+    url = "postgresql://bridge:p%40ss-word@db.example.com:5433/gitlab2trello"
+    cfg = load_text(tmp_path, f"[store]\ndatabase = {url}\n")
+    assert cfg.postgresql and cfg.database_url == url
+    assert cfg.database_label == "postgresql://bridge:***@db.example.com:5433/gitlab2trello"
+    assert cfg.state_dir == config.PROJECT_DIR / "var"
+    with pytest.raises(ValueError):
+        cfg.database  # noqa: B018 - a URL is not a file
+    short = load_text(tmp_path, "[store]\ndatabase = postgres://db.example.com/g2t\n")
+    assert short.postgresql and short.database_label == "postgres://db.example.com/g2t"
+    assert not load_text(tmp_path, "").postgresql
+
+
+def test_bad_database_urls_are_refused(tmp_path):
+    """Another scheme, a URL without a host, or a non-numeric port is a configuration error."""
+    assert "postgresql://" in problems_of(tmp_path, "[store]\ndatabase = mysql://h/db\n")
+    assert "must name a host" in problems_of(tmp_path, "[store]\ndatabase = postgresql:///db\n")
+    assert "port" in problems_of(tmp_path, "[store]\ndatabase = postgresql://h:x/db\n")
+
+
+def test_the_database_password_is_a_secret(tmp_path):
+    """The URL's password, as written and decoded, is blanked in logs."""
+    import observe
+
+    url = "postgresql://bridge:p%40ss-word@db.example.com/g2t"
+    secrets = observe.secrets_of(load_text(tmp_path, f"[store]\ndatabase = {url}\n"))
+    assert "p%40ss-word" in secrets and "p@ss-word" in secrets
+
+
+def test_instance_name_defaults_to_the_host_name(tmp_path):
+    """[server] instance names the instance; without it, the host name does."""
+    import socket
+
+    assert load_text(tmp_path, "").instance == socket.gethostname()
+    named = load_text(tmp_path, "", GITLAB2TRELLO_SERVER_INSTANCE="web-2")
+    assert named.instance == "web-2"
