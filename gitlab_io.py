@@ -2,8 +2,18 @@
 and the REST API (through python-gitlab) for backfill and reconciliation.
 
 ``parse_delivery`` turns one webhook request (headers + raw body) into either an ``IssueEvent``
-to store, an ``Ignored`` answer, or raises ``BadDelivery`` naming what is wrong. Both the 2013
-payload of the original write-up and today's payload are accepted.
+to store, an ``Ignored`` answer, or raises ``BadDelivery`` naming what is wrong. Every payload
+shape GitLab has sent since issue hooks appeared (6.4, December 2013) is accepted; the corpus in
+``tests/fixtures/real/`` holds one of each. What older releases leave out is filled in:
+
+- no ``action`` (6.4 to 7.3, and the *Test* button of some releases): ``close`` for a closed
+  issue, else ``open`` (the worker's rules are state-based: an ``open`` for an issue that has a
+  card updates it);
+- no ``url``: ``<project web_url>/issues/<iid>``; with no project either (6.4 to 7.3) the issue
+  has no link (``url`` is then ``NO_LINK`` + the issue key, which is not a link and never
+  matches a card's description) and its instance is ``X-Gitlab-Instance``, the configured
+  GitLab URL, or ``UNKNOWN_INSTANCE``;
+- a timestamp or due date that does not parse is treated as absent, with a warning.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -24,9 +35,15 @@ import stamina
 
 from events import IssueEvent, Label, Note
 
+log = logging.getLogger("gitlab2trello.gitlab")
+
 ISSUE_EVENTS = ("Issue Hook", "Confidential Issue Hook")
 NOTE_EVENTS = ("Note Hook", "Confidential Note Hook")
 ACTIONS = ("open", "update", "close", "reopen")
+# the instance of an issue whose payload names none (no url, no project, no X-Gitlab-Instance)
+UNKNOWN_INSTANCE = "gitlab"
+# ``url`` of an issue whose payload gives no way to link to it: followed by the issue key
+NO_LINK = "urn:gitlab2trello:no-link:"
 _HTTP_URL = re.compile(
     r"^https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?/\S*$", re.ASCII
 )
@@ -203,14 +220,25 @@ def decode_body(body: bytes) -> dict[str, Any]:
 
 
 def parse_delivery(
-    headers: Mapping[str, str], body: bytes, *, types: tuple[str, ...] = ("Issue", "Incident")
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    types: tuple[str, ...] = ("Issue", "Incident"),
+    instance: str | None = None,
 ) -> Delivery | Ignored:
-    """Classify and parse one webhook delivery."""
+    """Classify and parse one webhook delivery.
+
+    ``instance`` is the GitLab base URL to assume when neither the payload nor the headers name
+    one (the oldest payloads carry no URL at all).
+    """
     data = decode_body(body)
     event_name = headers.get("X-Gitlab-Event")
     kind = data.get("object_kind")
     if event_name is None and kind is None:
-        raise BadDelivery("missing header X-Gitlab-Event and body field object_kind")
+        if "object_attributes" in data:
+            raise BadDelivery("missing header X-Gitlab-Event and body field object_kind")
+        # a push of GitLab before 7.11 (no header, no object_kind): not an issue event
+        return Ignored("deliveries without X-Gitlab-Event or object_kind are not synced")
     if event_name in NOTE_EVENTS or (event_name is None and kind == "note"):
         return parse_note(data, headers)
     if event_name is not None and event_name not in ISSUE_EVENTS:
@@ -222,24 +250,36 @@ def parse_delivery(
     work_type = work_type if isinstance(work_type, str) and work_type else "Issue"
     if work_type not in types:
         return Ignored(f"work item type {work_type!r} is not synced")
-    event = parse_issue(data)
-    if event_name == "Confidential Issue Hook" and not event.confidential:
+    event = parse_issue(data, default_instance=_instance_hint(headers, instance))
+    confidential_hook = (
+        event_name == "Confidential Issue Hook" or data.get("event_type") == "confidential_issue"
+    )
+    if confidential_hook and not event.confidential:
         event = replace(event, confidential=True)
     return Delivery(dedupe_key(headers, body), event)
 
 
 def parse_note(data: Mapping[str, Any], headers: Mapping[str, str]) -> Delivery | Ignored:
-    """A ``Note Hook`` delivery: comments on issues are synced, internal ones never."""
+    """A ``Note Hook`` delivery: comments on issues are synced, internal ones never.
+
+    ``Confidential Note Hook`` (or ``event_type: confidential_note``) is sent for internal notes
+    and for notes on confidential issues: the event is confidential whatever the embedded issue
+    says, and the note counts as internal unless its own attributes say it is not (payloads
+    before internal notes existed, and GitLab.com's of 2023, carry no ``internal`` field).
+    """
     attrs = data.get("object_attributes")
     if not isinstance(attrs, dict):
         raise BadDelivery("missing object_attributes")
     noteable = attrs.get("noteable_type")
     if noteable != "Issue":
         return Ignored(f"comments on {noteable or 'unknown'} are not synced")
-    if (
-        attrs.get("internal") is True
-        or attrs.get("confidential") is True
-        or headers.get("X-Gitlab-Event") == "Confidential Note Hook"
+    confidential_hook = (
+        headers.get("X-Gitlab-Event") == "Confidential Note Hook"
+        or data.get("event_type") == "confidential_note"
+    )
+    said_internal = [attrs[name] for name in ("internal", "confidential") if name in attrs]
+    if any(value is True for value in said_internal) or (
+        confidential_hook and not any(value is False for value in said_internal)
     ):
         return Ignored("internal notes are never copied")
     issue = data.get("issue")
@@ -250,8 +290,6 @@ def parse_note(data: Mapping[str, Any], headers: Mapping[str, str]) -> Delivery 
         raise BadDelivery(f"object_attributes.id must be an integer, not {_json_type(note_id)}")
     if not isinstance(text, str):
         raise BadDelivery(f"object_attributes.note must be a string, not {_json_type(text)}")
-    if not isinstance(note_url, str) or not _HTTP_URL.match(note_url):
-        raise BadDelivery("object_attributes.url must be the comment's http(s) URL")
     iid, title = issue.get("iid"), issue.get("title")
     if not _is_int(iid):
         raise BadDelivery(f"issue.iid must be an integer, not {_json_type(iid)}")
@@ -262,8 +300,12 @@ def parse_note(data: Mapping[str, Any], headers: Mapping[str, str]) -> Delivery 
     if not _is_int(project_id):
         raise BadDelivery("object_attributes.project_id must be an integer")
     url = issue.get("url")
-    if not isinstance(url, str) or not _HTTP_URL.match(url):
-        url = note_url.split("#")[0]
+    if not _is_http_url(url):
+        url = note_url.split("#")[0] if _is_http_url(note_url) else _built_url(data, iid)
+    if not _is_http_url(note_url):
+        if url is None:
+            raise BadDelivery("object_attributes.url must be the comment's http(s) URL")
+        note_url = f"{url}#note_{note_id}"
     user = data.get("user") if isinstance(data.get("user"), dict) else {}
     author = _str_or_none(user.get("username")) or "someone"
     instance = instance_of(url)
@@ -278,15 +320,18 @@ def parse_note(data: Mapping[str, Any], headers: Mapping[str, str]) -> Delivery 
         updated_at=None,
         project_path=_str_or_none(project.get("path_with_namespace")),
         project_url=_str_or_none(project.get("web_url")) or _project_url(url),
-        confidential=issue.get("confidential") is True,
+        confidential=issue.get("confidential") is True or confidential_hook,
         author=author,
         note=Note(id=note_id, body=text, author=author, url=note_url),
     )
     return Delivery(f"note:{instance}|{project_id}|{note_id}", event)
 
 
-def parse_issue(data: Mapping[str, Any]) -> IssueEvent:
-    """The webhook's issue payload (2013 or current) as an ``IssueEvent``."""
+def parse_issue(data: Mapping[str, Any], *, default_instance: str | None = None) -> IssueEvent:
+    """The webhook's issue payload, of any GitLab release since 6.4, as an ``IssueEvent``.
+
+    ``default_instance`` names the instance of an issue whose payload has no URL at all.
+    """
     attrs = data.get("object_attributes")
     if not isinstance(attrs, dict):
         if "object_attributes" not in data:
@@ -298,55 +343,117 @@ def parse_issue(data: Mapping[str, Any]) -> IssueEvent:
     title = attrs.get("title")
     if not isinstance(title, str):
         raise BadDelivery(f"object_attributes.title must be a string, not {_json_type(title)}")
-    action = attrs.get("action")
-    if action not in ACTIONS:
-        raise BadDelivery(
-            f"object_attributes.action must be one of {', '.join(ACTIONS)}, not {action!r}"
-        )
-    url = attrs.get("url")
-    if not isinstance(url, str) or not _HTTP_URL.match(url):
-        raise BadDelivery("object_attributes.url must be the issue's http(s) URL")
     project = data.get("project") if isinstance(data.get("project"), dict) else {}
     project_id = attrs.get("project_id", project.get("id"))
     if not _is_int(project_id):
         raise BadDelivery("object_attributes.project_id must be an integer")
+    state = _state(attrs)
+    action = attrs.get("action")
+    if action is None:  # GitLab before 7.4, and the Test button of some releases
+        state = state or {1: "opened", 2: "closed"}.get(attrs.get("state_id"), "opened")
+        action = "close" if state == "closed" else "open"
+    if action not in ACTIONS:
+        raise BadDelivery(
+            f"object_attributes.action must be one of {', '.join(ACTIONS)}, not {action!r}"
+        )
+    if state is None:
+        state = "closed" if action == "close" else "opened"
+    url = attrs.get("url")
+    if url is not None and not _is_http_url(url):
+        raise BadDelivery("object_attributes.url must be the issue's http(s) URL")
+    project_url = _project_web_url(data)
+    if url is None:
+        url = _built_url(data, iid)
+    if url is None:
+        instance = default_instance or UNKNOWN_INSTANCE
+        url = f"{NO_LINK}{instance}|{project_id}|{iid}"
+    else:
+        instance = instance_of(url)
+        project_url = project_url or _project_url(url)
     description = attrs.get("description")
     if description is not None and not isinstance(description, str):
         raise BadDelivery("object_attributes.description must be a string or null")
-    state = attrs.get("state")
-    if state not in ("opened", "closed"):
-        state = "closed" if action == "close" else "opened"
-    try:
-        updated_at = parse_time(attrs.get("updated_at"))
-    except ValueError as exc:
-        raise BadDelivery(f"object_attributes.updated_at: {exc}") from None
-    due = attrs.get("due_date")
-    try:
-        due_date = due[:10] if due and parse_time(due) is not None else None
-    except (ValueError, TypeError):
-        raise BadDelivery(f"object_attributes.due_date: not a date: {due!r}") from None
     user = data.get("user") if isinstance(data.get("user"), dict) else {}
-    project_url = project.get("web_url") if isinstance(project.get("web_url"), str) else None
     return IssueEvent(
-        instance=instance_of(url),
+        instance=instance,
         project_id=project_id,
         iid=iid,
         title=title,
         url=url,
         action=action,
         state=state,
-        updated_at=updated_at,
+        updated_at=_time_or_none(attrs.get("updated_at"), "object_attributes.updated_at", url),
         description=description or "",
         project_path=_str_or_none(project.get("path_with_namespace")),
-        project_url=project_url or _project_url(url),
+        project_url=project_url,
         labels=_labels(data.get("labels", attrs.get("labels"))),
-        assignees=_assignees(data.get("assignees")),
-        due_date=due_date,
+        assignees=_assignees(data),
+        due_date=_due_date(attrs.get("due_date"), url),
         confidential=attrs.get("confidential") is True,
         moved_to_id=attrs.get("moved_to_id") if _is_int(attrs.get("moved_to_id")) else None,
         work_item_type=_str_or_none(attrs.get("type")) or "Issue",
         author=_str_or_none(user.get("username")),
     )
+
+
+def _state(attrs: Mapping[str, Any]) -> str | None:
+    """``opened`` or ``closed`` from ``state`` (GitLab 6 and 7 also say ``reopened``)."""
+    state = attrs.get("state")
+    if state in ("opened", "closed"):
+        return state
+    return "opened" if state == "reopened" else None
+
+
+def _time_or_none(value: Any, field: str, where: str) -> float | None:
+    """A timestamp, or None (with a warning) when it is not one GitLab writes."""
+    try:
+        return parse_time(value)
+    except (ValueError, OverflowError):
+        log.warning("%s of %s is not a timestamp (%.60r): treated as absent", field, where, value)
+        return None
+
+
+def _due_date(value: Any, where: str) -> str | None:
+    """``YYYY-MM-DD``, from a date or a timestamp; None (with a warning) when it is neither."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and _time_or_none(value, "due_date", where) is not None:
+        return value.strip()[:10]
+    if not isinstance(value, str):
+        log.warning("due_date of %s is not a date (%.60r): treated as absent", where, value)
+    return None
+
+
+def _project_web_url(data: Mapping[str, Any]) -> str | None:
+    """The project's web URL: ``project.web_url`` (8.5+) or ``repository.homepage`` (8.0+)."""
+    for holder, key in (("project", "web_url"), ("repository", "homepage")):
+        section = data.get(holder)
+        value = section.get(key) if isinstance(section, dict) else None
+        if _is_http_url(value + "/" if isinstance(value, str) else None):
+            return value.rstrip("/")
+    return None
+
+
+def _built_url(data: Mapping[str, Any], iid: int) -> str | None:
+    """An issue URL from the project's web URL, for payloads that carry none.
+
+    ``/issues/<iid>``, the form of the releases that leave ``url`` out; later releases redirect
+    it to ``/-/issues/<iid>``. The instance (and so the issue key) is the same either way.
+    """
+    project_url = _project_web_url(data)
+    return f"{project_url}/issues/{iid}" if project_url else None
+
+
+def _instance_hint(headers: Mapping[str, str], configured: str | None) -> str | None:
+    """The instance to assume for a payload with no URL: X-Gitlab-Instance, else ``configured``."""
+    for candidate in (headers.get("X-Gitlab-Instance"), configured):
+        if isinstance(candidate, str) and _is_http_url(candidate.rstrip("/") + "/"):
+            return instance_of(candidate)
+    return None
+
+
+def _is_http_url(value: Any) -> bool:
+    return isinstance(value, str) and _HTTP_URL.match(value) is not None
 
 
 def instance_of(url: str) -> str:
@@ -377,9 +484,16 @@ def _labels(value: Any) -> tuple[Label, ...]:
     return tuple(labels)
 
 
-def _assignees(value: Any) -> tuple[str, ...]:
+def _assignees(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """Usernames from ``assignees`` (9.0+), else from ``assignee`` (8.x; deprecated since).
+
+    ``assignees`` wins when both are present and disagree (``assignee`` is only the first one).
+    ``assignee_id``/``assignee_ids`` alone name no username: no members then.
+    """
+    value = data.get("assignees")
     if not isinstance(value, list):
-        return ()
+        single = data.get("assignee")
+        value = [single] if isinstance(single, dict) else []
     return tuple(
         item["username"]
         for item in value

@@ -60,12 +60,18 @@ def absolute_uploads(text: str, project_url: str | None) -> str:
     return _RELATIVE_UPLOAD.sub(project_url.rstrip("/") + "/uploads/", text)
 
 
-def truncate(text: str, url: str, limit: int = MAX_TEXT) -> str:
-    """``text`` cut to ``limit`` characters, saying so and where the full text is."""
+def truncate(text: str, url: str | None, limit: int = MAX_TEXT) -> str:
+    """``text`` cut to ``limit`` characters, saying so and (with a URL) where the full text is."""
     if len(text) <= limit:
         return text
-    note = f"\n\n... truncated, full text: {url}"[:limit]
+    note = (f"\n\n... truncated, full text: {url}" if url else "\n\n... truncated")[:limit]
     return text[: limit - len(note)] + note
+
+
+def issue_link(event: IssueEvent) -> str | None:
+    """The issue's http(s) URL, or None when its payload gave no way to link to it (GitLab
+    before 7.4 sent neither the issue URL nor the project's)."""
+    return event.url if event.url.startswith(("http://", "https://")) else None
 
 
 def card_name(iid: int, title: str) -> str:
@@ -78,8 +84,10 @@ def card_name(iid: int, title: str) -> str:
 
 
 def card_desc(event: IssueEvent, unmapped_assignees: Sequence[str] = ()) -> str:
-    """The issue URL first, then notes of the bridge, then the issue's own description."""
-    head = [event.url]
+    """The issue URL first (when there is one), then notes of the bridge, then the issue's own
+    description."""
+    link = issue_link(event)
+    head = [link] if link else []
     if unmapped_assignees:
         names = ", ".join(neutralise_mentions("@" + name) for name in unmapped_assignees)
         head.append(f"Assigned in GitLab (no Trello member): {names}")
@@ -87,11 +95,13 @@ def card_desc(event: IssueEvent, unmapped_assignees: Sequence[str] = ()) -> str:
         head.append(f"Moved to another project in GitLab (new issue id {event.moved_to_id}).")
     body = neutralise_mentions(absolute_uploads(event.description, event.project_url)).strip()
     text = "\n\n".join([*head, body] if body else head)
-    return truncate(text, event.url)
+    return truncate(text, link)
 
 
 def redacted_desc(event: IssueEvent) -> str:
-    return truncate(f"{event.url}\n\nConfidential issue: open it in GitLab to read it.", event.url)
+    link = issue_link(event)
+    notice = "Confidential issue: open it in GitLab to read it."
+    return truncate(f"{link}\n\n{notice}" if link else notice, link)
 
 
 # ---------------------------------------------------------------------------- the rules

@@ -648,7 +648,7 @@ def test_title_must_be_string(value):
     assert "title must be a string" in bad(HOOK, with_attrs(title=value))
 
 
-@pytest.mark.parametrize("value", ["delete", "Open", "", 1, None])
+@pytest.mark.parametrize("value", ["delete", "Open", "", 1])
 def test_unknown_action_is_bad(value):
     """An action other than open/update/close/reopen is refused, naming the action."""
     message = bad(HOOK, with_attrs(action=value))
@@ -656,17 +656,88 @@ def test_unknown_action_is_bad(value):
     assert repr(value) in message
 
 
-def test_missing_action_is_bad():
-    """A payload without action is refused, naming action."""
+def without_action(**changes: Any) -> bytes:
     payload = payload_of("01-issue-open.json")
     del payload["object_attributes"]["action"]
-    assert "object_attributes.action" in bad(HOOK, encode(payload))
+    payload["object_attributes"].update(changes)
+    return encode(payload)
 
 
-@pytest.mark.parametrize("value", ["ftp://h/x", "not a url", "", 5, None, "https://host"])
+@pytest.mark.parametrize(
+    ("changes", "action", "state"),
+    [
+        ({"state": "opened"}, "open", "opened"),
+        ({"state": "closed"}, "close", "closed"),
+        ({"state": "reopened"}, "open", "opened"),
+        ({"state": None, "state_id": 2}, "close", "closed"),
+        ({"state": None}, "open", "opened"),
+        ({"action": None, "state": "closed"}, "close", "closed"),
+    ],
+)
+def test_missing_action_is_decided_from_state(changes, action, state):
+    """Without action (or with null) a closed issue is a close and any other one an open."""
+    result = gitlab_io.parse_delivery(HOOK, without_action(**changes))
+    assert isinstance(result, gitlab_io.Delivery)
+    assert (result.event.action, result.event.state) == (action, state)
+
+
+@pytest.mark.parametrize("value", ["ftp://h/x", "not a url", "", 5, "https://host"])
 def test_url_must_be_http(value):
-    """An issue URL that is not an http(s) URL with a path is refused, naming url."""
+    """An issue URL given but not an http(s) URL with a path is refused, naming url."""
     assert "object_attributes.url" in bad(HOOK, with_attrs(url=value))
+
+
+def without_url(**top: Any) -> bytes:
+    payload = payload_of("01-issue-open.json")
+    del payload["object_attributes"]["url"]
+    for key, value in top.items():
+        if value is None:
+            payload.pop(key, None)
+        else:
+            payload[key] = value
+    return encode(payload)
+
+
+@pytest.mark.parametrize("absent", ["missing", "null"])
+def test_missing_url_is_built_from_project_web_url(absent):
+    """Without url the link is the project's web URL + /issues/<iid>, on the same issue key."""
+    body = without_url() if absent == "missing" else with_attrs(url=None)
+    result = gitlab_io.parse_delivery(HOOK, body)
+    assert isinstance(result, gitlab_io.Delivery)
+    event = result.event
+    assert event.url == "https://gitlab.example.com/acme/widget-api/issues/118"
+    assert event.issue_key == "https://gitlab.example.com|42|118"
+    assert event.project_url == "https://gitlab.example.com/acme/widget-api"
+
+
+def test_missing_url_and_project_uses_repository_homepage():
+    """Without url and project (GitLab 8.0 to 8.4) the link comes from repository.homepage."""
+    body = without_url(project=None)
+    result = gitlab_io.parse_delivery(HOOK, body)
+    assert isinstance(result, gitlab_io.Delivery)
+    assert result.event.url == "https://gitlab.example.com/acme/widget-api/issues/118"
+
+
+@pytest.mark.parametrize(
+    ("headers", "instance", "expected"),
+    [
+        ({}, None, gitlab_io.UNKNOWN_INSTANCE),
+        ({"X-Gitlab-Instance": "https://GitLab.example.com"}, None, "https://gitlab.example.com"),
+        ({}, "https://gitlab.example.com/", "https://gitlab.example.com"),
+        ({"X-Gitlab-Instance": "junk"}, "http://old.example.com", "http://old.example.com"),
+    ],
+)
+def test_no_url_and_no_project_gives_an_issue_without_link(headers, instance, expected):
+    """With no url, project nor repository (GitLab 6.4 to 7.3) the issue has no link; its
+    instance is X-Gitlab-Instance, else the configured GitLab, else a fixed placeholder."""
+    body = without_url(project=None, repository=None)
+    result = gitlab_io.parse_delivery({**HOOK, **headers}, body, instance=instance)
+    assert isinstance(result, gitlab_io.Delivery)
+    event = result.event
+    assert event.issue_key == f"{expected}|42|118"
+    assert event.url == gitlab_io.NO_LINK + event.issue_key
+    assert not event.url.startswith(("http://", "https://"))
+    assert event.project_url is None
 
 
 def test_bracketed_host_in_url_is_bad():
@@ -710,15 +781,42 @@ def test_description_must_be_string_or_null():
     assert result.event.description == ""
 
 
-def test_bad_updated_at_is_bad():
-    """An unparseable updated_at is refused, naming the field."""
-    assert "updated_at" in bad(HOOK, with_attrs(updated_at="last tuesday"))
+@pytest.mark.parametrize("value", ["last tuesday", "2026-05-04T09:12:33 CEST", 1777885953, []])
+def test_unparseable_updated_at_is_absent_with_a_warning(value, caplog):
+    """An updated_at that is not a timestamp is treated as absent and logged, never refused."""
+    with caplog.at_level("WARNING", logger="gitlab2trello.gitlab"):
+        result = gitlab_io.parse_delivery(HOOK, with_attrs(updated_at=value))
+    assert isinstance(result, gitlab_io.Delivery)
+    assert result.event.updated_at is None
+    assert "updated_at" in caplog.text
+    assert "treated as absent" in caplog.text
 
 
-@pytest.mark.parametrize("value", ["someday", 20260630, ["2026-06-30"]])
-def test_bad_due_date_is_bad(value):
-    """An unparseable due_date is refused, naming the field."""
-    assert "due_date" in bad(HOOK, with_attrs(due_date=value))
+@pytest.mark.parametrize("value", ["someday", 20260630, ["2026-06-30"], "2026-02-30"])
+def test_unparseable_due_date_is_absent_with_a_warning(value, caplog):
+    """A due_date that is not a date is treated as absent and logged, never refused."""
+    with caplog.at_level("WARNING", logger="gitlab2trello.gitlab"):
+        result = gitlab_io.parse_delivery(HOOK, with_attrs(due_date=value))
+    assert isinstance(result, gitlab_io.Delivery)
+    assert result.event.due_date is None
+    assert "due_date" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-06-30", "2026-06-30"),
+        ("2026-06-30T00:00:00.000Z", "2026-06-30"),
+        ("2026-06-30 00:00:00 UTC", "2026-06-30"),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_due_date_shapes(value, expected):
+    """A due date given as a date, an ISO timestamp or a UTC-suffixed time is its date."""
+    result = gitlab_io.parse_delivery(HOOK, with_attrs(due_date=value))
+    assert isinstance(result, gitlab_io.Delivery)
+    assert result.event.due_date == expected
 
 
 def test_state_follows_action_when_missing():
@@ -731,7 +829,105 @@ def test_state_follows_action_when_missing():
     assert reopened.event.state == "opened"
 
 
+def with_top(**top: Any) -> bytes:
+    payload = payload_of("01-issue-open.json")
+    for key, value in top.items():
+        if value is None:
+            payload.pop(key, None)
+        else:
+            payload[key] = value
+    return encode(payload)
+
+
+USER = {"name": "Lee Park", "username": "lpark"}
+
+
+@pytest.mark.parametrize(
+    ("top", "expected"),
+    [
+        ({"assignees": None, "assignee": None}, ()),
+        ({"assignees": None, "assignee": USER}, ("lpark",)),
+        ({"assignees": [USER, {"username": "sokafor"}], "assignee": {"username": "x"}}, None),
+        ({"assignees": [], "assignee": USER}, ()),
+    ],
+)
+def test_assignee_shapes(top, expected):
+    """assignees wins; without it the single assignee object (8.x); ids alone name nobody."""
+    result = gitlab_io.parse_delivery(HOOK, with_top(**top))
+    assert isinstance(result, gitlab_io.Delivery)
+    assert result.event.assignees == (expected if expected is not None else ("lpark", "sokafor"))
+
+
+def test_assignee_ids_disagreeing_with_assignees_follow_assignees():
+    """assignee_id and assignee_ids that disagree with assignees do not change the members."""
+    payload = payload_of("06-issue-multi-assignee-milestone-due.json")
+    payload["object_attributes"].update(assignee_id=1, assignee_ids=[1, 2, 3])
+    result = gitlab_io.parse_delivery(HOOK, encode(payload))
+    assert isinstance(result, gitlab_io.Delivery)
+    assert result.event.assignees == ("lpark", "sokafor")
+
+
+@pytest.mark.parametrize(
+    ("top", "expected"),
+    [
+        ({"labels": None}, ("bug",)),  # falls back to object_attributes.labels
+        ({"labels": None, "object_attributes_labels": None}, ()),
+        ({"labels": [{"title": "Group", "color": "#3e8068", "project_id": None}]}, ("Group",)),
+    ],
+)
+def test_label_shapes(top, expected):
+    """Labels absent, only in object_attributes, or group labels with project_id null."""
+    payload = payload_of("01-issue-open.json")
+    if top.pop("object_attributes_labels", "keep") is None:
+        payload["object_attributes"].pop("labels", None)
+    for key, value in top.items():
+        if value is None:
+            payload.pop(key, None)
+        else:
+            payload[key] = value
+    result = gitlab_io.parse_delivery(HOOK, encode(payload))
+    assert isinstance(result, gitlab_io.Delivery)
+    assert tuple(label.name for label in result.event.labels) == expected
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"title": {"previous": "Old", "current": "New"}},
+        {
+            "title": ["Old", "New"],
+            "updated_at": ["2017-09-15 16:50:55 UTC", "2017-09-15 16:52:00 UTC"],
+        },
+        {"labels": {"previous": [], "current": [{"title": "x"}]}, "weird": 5},
+    ],
+)
+def test_changes_in_any_shape_do_not_matter(changes):
+    """changes as {previous, current}, as two-element arrays (9.x/10.x) or odd: same event."""
+    plain = gitlab_io.parse_delivery(HOOK, with_top(changes=None))
+    result = gitlab_io.parse_delivery(HOOK, with_top(changes=changes))
+    assert isinstance(plain, gitlab_io.Delivery)
+    assert isinstance(result, gitlab_io.Delivery)
+    assert result.event == plain.event
+
+
+def test_event_type_confidential_issue_flags_the_event():
+    """event_type confidential_issue flags the event even under an Issue Hook header."""
+    payload = payload_of("01-issue-open.json")
+    payload["event_type"] = "confidential_issue"
+    result = gitlab_io.parse_delivery(HOOK, encode(payload))
+    assert isinstance(result, gitlab_io.Delivery)
+    assert result.event.confidential is True
+
+
 # ---------------------------------------------------------------------------- ignored
+
+
+def test_old_push_without_header_or_kind_is_ignored():
+    """A push of GitLab before 7.11 (no X-Gitlab-Event, no object_kind) is Ignored."""
+    body = encode({"before": "95790bf8", "after": "da156088", "ref": "refs/heads/master"})
+    result = gitlab_io.parse_delivery({}, body)
+    assert isinstance(result, gitlab_io.Ignored)
 
 
 def test_push_hook_is_ignored():
@@ -761,19 +957,58 @@ def test_note_hook_on_other_things_is_ignored(noteable):
     assert (noteable or "unknown") in result.reason
 
 
+CONFIDENTIAL_NOTE = {"X-Gitlab-Event": "Confidential Note Hook"}
+
+
 @pytest.mark.parametrize(
-    ("headers", "changes"),
+    ("headers", "changes", "top"),
     [
-        ({"X-Gitlab-Event": "Confidential Note Hook"}, {}),
-        ({"X-Gitlab-Event": "Note Hook"}, {"internal": True}),
-        ({"X-Gitlab-Event": "Note Hook"}, {"confidential": True}),
+        (CONFIDENTIAL_NOTE, {}, {}),
+        (CONFIDENTIAL_NOTE, {"internal": True}, {}),
+        ({"X-Gitlab-Event": "Note Hook"}, {"internal": True}, {}),
+        ({"X-Gitlab-Event": "Note Hook"}, {"confidential": True}, {}),
+        ({"X-Gitlab-Event": "Note Hook"}, {}, {"event_type": "confidential_note"}),
+        ({}, {}, {"event_type": "confidential_note"}),
     ],
 )
-def test_internal_notes_are_ignored(headers, changes):
-    """Internal (confidential) comments are never copied."""
-    result = gitlab_io.parse_delivery(headers, encode(note_payload(**changes)))
+def test_internal_notes_are_ignored(headers, changes, top):
+    """Internal comments are never copied; a confidential note that does not say it is not
+    internal counts as internal."""
+    payload = note_payload(**changes)
+    payload.update(top)
+    if "internal" not in changes:
+        del payload["object_attributes"]["internal"]
+    result = gitlab_io.parse_delivery(headers, encode(payload))
     assert isinstance(result, gitlab_io.Ignored)
     assert "internal" in result.reason
+
+
+@pytest.mark.parametrize(
+    ("headers", "top"),
+    [
+        (CONFIDENTIAL_NOTE, {}),
+        ({"X-Gitlab-Event": "Note Hook"}, {"event_type": "confidential_note"}),
+    ],
+)
+def test_confidential_note_is_confidential_whatever_the_issue_says(headers, top):
+    """A Confidential Note Hook (or event_type confidential_note) not internal is flagged
+    confidential even when its embedded issue says confidential: false."""
+    payload = note_payload()
+    payload.update(top)
+    payload["issue"]["confidential"] = False
+    result = gitlab_io.parse_delivery(headers, encode(payload))
+    assert isinstance(result, gitlab_io.Delivery)
+    assert result.event.confidential is True
+    assert result.event.note is not None
+
+
+def test_note_without_url_links_to_the_issue():
+    """A comment without its own URL is linked to its issue's URL with #note_<id>."""
+    payload = note_payload(url=None)
+    result = gitlab_io.parse_delivery({"X-Gitlab-Event": "Note Hook"}, encode(payload))
+    assert isinstance(result, gitlab_io.Delivery)
+    assert result.event.note is not None
+    assert result.event.note.url == ISSUE_URL + "#note_1204"
 
 
 def test_note_on_issue_becomes_note_event():

@@ -158,6 +158,49 @@ def test_card_desc_truncated_with_url_at_end():
 def test_truncate_leaves_short_text_alone():
     """Text within the limit is returned unchanged."""
     assert sync.truncate("short", URL) == "short"
+
+
+# an issue of GitLab 6.4 to 7.3: its payload carries neither its URL nor its project's
+NO_LINK_URL = "urn:gitlab2trello:no-link:gitlab|14|23"
+
+
+def test_issue_link_is_none_without_an_http_url():
+    """An issue whose url is not an http(s) URL has no link; one with an http(s) URL has it."""
+    assert sync.issue_link(event(url=NO_LINK_URL)) is None
+    assert sync.issue_link(event()) == URL
+    assert sync.issue_link(event(url="http://example.com/diaspora/issues/23")) is not None
+
+
+def test_card_desc_without_link_is_the_issue_text():
+    """An issue with no link gets a description of its own text only, nothing made up."""
+    ev = event(url=NO_LINK_URL, project_url=None)
+    assert sync.card_desc(ev) == "Create new API for manipulations with repository"
+    assert sync.card_desc(replace(ev, description="")) == ""
+    assert sync.card_desc(replace(ev, description="see /uploads/x.png")) == "see /uploads/x.png"
+    assert sync.card_desc(ev, ["ann"]).startswith("Assigned in GitLab (no Trello member): @")
+
+
+def test_card_desc_without_link_truncated_says_so():
+    """A long description of an issue with no link is cut, saying so, without a URL."""
+    desc = sync.card_desc(event(url=NO_LINK_URL, description="y" * 20_000))
+    assert len(desc) == 16384
+    assert desc.endswith("\n\n... truncated")
+    assert "urn:" not in desc
+
+
+def test_card_without_link_has_the_usual_name():
+    """The card of an issue with no link keeps the [ ISSUE <iid> ] <title> name."""
+    spec = sync.desired_card(event(url=NO_LINK_URL), routing())
+    assert spec is not None
+    assert spec.name == "[ ISSUE 23 ] New API: create/update/delete file"
+    assert not spec.desc.startswith("urn:")
+
+
+def test_redacted_card_without_link_keeps_only_the_notice():
+    """A confidential issue with no link, under redact, shows only the confidentiality notice."""
+    spec = sync.desired_card(event(url=NO_LINK_URL, confidential=True), routing(), "redact")
+    assert spec is not None
+    assert spec.desc == "Confidential issue: open it in GitLab to read it."
     assert sync.truncate("z" * 16384, URL) == "z" * 16384
 
 
