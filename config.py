@@ -140,6 +140,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "max_body_bytes": (_positive_int, "4194304"),
         "log_level": (_choice("debug", "info", "warning", "error"), "info"),
         "instance": (_str, ""),
+        "metrics_dir": (_str, ""),
     },
     "gitlab": {
         "secret_token": (_str, ""),
@@ -240,9 +241,15 @@ class Config:
         return redact_url(self.database_url) if self.postgresql else str(self.database)
 
     @property
-    def state_dir(self) -> Path:
-        """The local folder for metrics files: beside the SQLite file, else ``var/``."""
-        return PROJECT_DIR / "var" if self.postgresql else self.database.parent
+    def metrics_dir(self) -> Path:
+        """The folder of the metrics files: ``[server] metrics_dir``, else ``metrics/`` beside
+        the SQLite file, else ``var/metrics`` in the project folder."""
+        if self.server["metrics_dir"]:
+            path = Path(self.server["metrics_dir"])
+            return path if path.is_absolute() else PROJECT_DIR / path
+        return (
+            PROJECT_DIR / "var" / "metrics" if self.postgresql else self.database.parent / "metrics"
+        )
 
     @property
     def instance(self) -> str:

@@ -134,7 +134,7 @@ class _Metrics:
 METRICS = _Metrics()
 
 
-def setup_metrics(state_dir: Path, instance: str = "") -> None:
+def setup_metrics(metrics_dir: Path, instance: str = "") -> None:
     """Turn metrics on for this process; under uWSGI, in the folder of this service start.
 
     Several instances on one host keep apart: each has its own folder under ``metrics/``.
@@ -144,7 +144,7 @@ def setup_metrics(state_dir: Path, instance: str = "") -> None:
     except ImportError:
         METRICS.setup(None)
         return
-    base = state_dir / "metrics"
+    base = metrics_dir
     if instance:
         base = base / re.sub(r"[^A-Za-z0-9._-]", "_", instance)
     folder = base / str(uwsgi.masterpid())

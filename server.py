@@ -256,7 +256,7 @@ def create_application() -> Bottle:
     """The service's application, from ``config.ini`` and the environment."""
     cfg = config_module.load()
     observe.setup_logging(cfg.server["log_level"], observe.secrets_of(cfg))
-    observe.setup_metrics(cfg.state_dir, cfg.server["instance"])
+    observe.setup_metrics(cfg.metrics_dir, cfg.server["instance"])
     if _first_process():
         _startup_warnings(cfg)
     return make_app(cfg)

@@ -364,7 +364,7 @@ def main() -> None:
     """Entry point of the uWSGI mule (``mule = worker.py``) and of ``python worker.py``."""
     cfg = config_module.load()
     observe.setup_logging(cfg.server["log_level"], observe.secrets_of(cfg))
-    observe.setup_metrics(cfg.state_dir, cfg.server["instance"])
+    observe.setup_metrics(cfg.metrics_dir, cfg.server["instance"])
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: Any) -> None:

@@ -110,6 +110,7 @@ class Service:
     def write_config(self) -> None:
         sections: dict[str, dict[str, Any]] = {
             "store": {"database": str(self.database)},
+            "server": {"metrics_dir": str(self.workdir / "metrics")},
             "worker": {"poll_interval": 0.05, "retry_initial_wait": 0.2, "retry_max_wait": 1},
             "trello": {"read_timeout": 2, "connect_timeout": 1},
         }

@@ -313,7 +313,7 @@ def test_database_url_selects_postgresql_and_hides_its_password(tmp_path):
     cfg = load_text(tmp_path, f"[store]\ndatabase = {url}\n")
     assert cfg.postgresql and cfg.database_url == url
     assert cfg.database_label == "postgresql://bridge:***@db.example.com:5433/gitlab2trello"
-    assert cfg.state_dir == config.PROJECT_DIR / "var"
+    assert cfg.metrics_dir == config.PROJECT_DIR / "var" / "metrics"
     with pytest.raises(ValueError):
         cfg.database  # noqa: B018 - a URL is not a file
     short = load_text(tmp_path, "[store]\ndatabase = postgres://db.example.com/g2t\n")
