@@ -1,8 +1,10 @@
 """The deployment files at work: deploy/nginx-gitlab2trello.conf in a real nginx in front of the
-service, and deploy/uwsgi.ini as uWSGI reads and runs it.
+service, deploy/uwsgi.ini as uWSGI reads and runs it, and, for several instances,
+deploy/nginx-gitlab2trello-upstream.conf in front of two real instances and the systemd units.
 
 The nginx server block is the file itself, with only its addresses changed: ``listen 80`` becomes
-a free loopback port and ``127.0.0.1:8080`` the port of the service's uwsgi socket.
+a free loopback port and ``127.0.0.1:8080`` (or the upstream's ``127.0.0.1:8081`` and
+``127.0.0.1:8082``) the ports of the service's uwsgi sockets.
 """
 
 from __future__ import annotations
@@ -11,15 +13,23 @@ import configparser
 import contextlib
 import grp
 import http.client
+import itertools
 import json
 import os
 import pwd
+import re
+import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +46,16 @@ from tests.conftest import (
     load_fixture,
     wait_for,
 )
-from tests.nginx import PRODUCTION_SOCKET, UWSGI_PARAMS, Nginx, find_nginx
+from tests.nginx import (
+    NGINX_CONF,
+    PRODUCTION_SOCKET,
+    UPSTREAM_CONF,
+    UPSTREAM_SERVERS,
+    UWSGI_PARAMS,
+    Access,
+    Nginx,
+    find_nginx,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.nginx]
 
@@ -94,11 +113,16 @@ def nginx_binary() -> str:
 
 
 @pytest.fixture
-def make_nginx(nginx_binary: str, tmp_path: Path) -> Iterator[Callable[[int], Nginx]]:
-    """Start nginx with the deployment's server block in front of a uwsgi socket; stop it after."""
+def make_nginx(
+    nginx_binary: str, tmp_path: Path
+) -> Iterator[Callable[[int | Sequence[int]], Nginx]]:
+    """Start nginx with the deployment's server block in front of a uwsgi socket; stop it after.
+
+    Given several ports, the site for several instances, in front of those.
+    """
     started: list[Nginx] = []
 
-    def make(upstream_port: int) -> Nginx:
+    def make(upstream_port: int | Sequence[int]) -> Nginx:
         nginx = Nginx(nginx_binary, tmp_path / f"nginx{len(started)}", upstream_port)
         started.append(nginx)
         return nginx.start()
@@ -381,3 +405,509 @@ def test_production_ini_runs_behind_the_nginx_config(tmp_path, make_nginx):
     assert "spawned uWSGI mule 1" in text
     assert text.count(APP_READY) == 2
     assert "goodbye to uWSGI" in text
+
+
+# ------------------------------------------------------------------ several instances behind nginx
+
+SINGLE_UNIT = DEPLOY / "gitlab2trello.service"
+TEMPLATE_UNIT = DEPLOY / "gitlab2trello@.service"
+CHECKOUT = "/opt/gitlab2trello"
+
+
+def site_directives(path: Path) -> list[str]:
+    """The lines of an nginx site file that say something: no comments, no blank lines."""
+    text = path.read_text(encoding="utf-8")
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return [line for line in lines if line]
+
+
+def site_value(path: Path, name: str) -> str:
+    """The value of a directive that the site file gives once."""
+    (value,) = [d[len(name) :].strip(" ;") for d in site_directives(path) if d.split()[0] == name]
+    return value
+
+
+def seconds(value: str) -> float:
+    assert value.endswith("s") and value[:-1].isdigit(), value
+    return float(value[:-1])
+
+
+@dataclass
+class Instance:
+    """One instance of the service: its uwsgi socket for nginx, plain HTTP (service.url) beside
+    it for looking at that instance alone."""
+
+    service: Service
+    socket_port: int
+    shared_store: bool  # one database for every instance (else each has its own)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.socket_port}"
+
+
+@pytest.fixture
+def shared_database() -> str | None:
+    """The [store] database of every instance: None gives each its own SQLite file.
+
+    A PostgreSQL URL here (make_pg_url) runs the tests below against one shared database.
+    """
+    return None
+
+
+@pytest.fixture
+def make_instances(
+    make_service: Callable[..., Service], shared_database: str | None
+) -> Callable[[int], list[Instance]]:
+    """Start whole instances of the service (web processes and worker), each with its name."""
+
+    names = itertools.count(1)
+
+    def make(count: int) -> list[Instance]:
+        instances = []
+        for _ in range(count):
+            settings: dict[str, dict[str, Any]] = {"server": {"instance": f"test-{next(names)}"}}
+            if shared_database is not None:
+                settings["store"] = {"database": shared_database}
+            service = make_service(settings, start=False)
+            socket_port = free_port()
+            service.socket_args = [
+                *("--socket", f"127.0.0.1:{socket_port}"),
+                *("--http11-socket", f"127.0.0.1:{service.port}"),
+            ]
+            started = service.start(wait=False)
+            instances.append(Instance(started, socket_port, shared_database is not None))
+        for instance in instances:
+            instance.service.wait_ready()
+        return instances
+
+    return make
+
+
+def stored(instance: Instance) -> int:
+    """Deliveries in the instance's store, in whatever state, from its own /healthz."""
+    health = instance.service.health()
+    return sum(health[k] for k in ("pending", "waiting_for_card", "dead_letters", "delivered"))
+
+
+def delivery(iid: int) -> tuple[bytes, dict[str, str]]:
+    """A new delivery of GitLab's: its body and headers, with an Idempotency-Key of its own."""
+    headers = {
+        "Content-Type": "application/json",
+        "X-Gitlab-Event": "Issue Hook",
+        "Idempotency-Key": str(uuid.uuid4()),
+    }
+    return json.dumps(issue_payload(iid)).encode(), headers
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> requests.Response:
+    return requests.post(url + "/issue", data=body, headers=headers, timeout=20)
+
+
+def finished(nginx: Nginx, count: int, method: str = "POST") -> list[Access]:
+    """The access log's requests of one method to the service (not nginx's own answers, such as
+    the 404 of Nginx.start's probe), once nginx has logged ``count`` of them."""
+
+    def done() -> list[Access] | None:
+        entries = [e for e in nginx.access() if e.method == method and e.upstreams]
+        return entries if len(entries) >= count else None
+
+    return wait_for(done, timeout=10, message=f"{count} {method} requests in {nginx.access_path}")
+
+
+def logged(nginx: Nginx, key: str) -> Access:
+    """The access log's line for the delivery with this Idempotency-Key."""
+    return wait_for(
+        lambda: next((e for e in nginx.access() if e.idempotency_key == key), None),
+        timeout=10,
+        message=f"the request of {key} in {nginx.access_path}",
+    )
+
+
+@dataclass
+class BadInstance:
+    """Stands in for an instance in the upstream, on a loopback port.
+
+    ``hang``: accepts each connection, reads the whole uwsgi request, never answers.
+    ``close``: reads the whole request, then closes the connection without an answer.
+    ``full``: listens, accepts nothing, and its listen queue is full: a connection cannot be made.
+    """
+
+    mode: str
+    port: int = 0
+    requests: list[dict[str, str]] = field(default_factory=list)
+    listener: socket.socket = field(default_factory=socket.socket)
+    held: list[socket.socket] = field(default_factory=list)
+
+    def start(self) -> BadInstance:
+        self.listener.bind(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        if self.mode == "full":
+            self.listener.listen(0)
+            for _ in range(2):  # the first fills the queue; the second's handshake is dropped
+                client = socket.socket()
+                client.setblocking(False)
+                client.connect_ex(("127.0.0.1", self.port))
+                self.held.append(client)
+            return self
+        self.listener.listen(16)
+        threading.Thread(target=self._serve, daemon=True).start()
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # stop() closed the listener
+                return
+            self.held.append(conn)
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            header = self._exactly(conn, 4)
+            variables = self._exactly(conn, int.from_bytes(header[1:3], "little"))
+            request: dict[str, str] = {}
+            while variables:
+                size = int.from_bytes(variables[:2], "little")
+                name, variables = variables[2 : 2 + size].decode(), variables[2 + size :]
+                size = int.from_bytes(variables[:2], "little")
+                request[name] = variables[2 : 2 + size].decode("latin-1")
+                variables = variables[2 + size :]
+            self._exactly(conn, int(request.get("CONTENT_LENGTH") or 0))
+            self.requests.append(request)
+            if self.mode == "close":
+                conn.close()
+
+    @staticmethod
+    def _exactly(conn: socket.socket, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = conn.recv(size - len(data))
+            if not chunk:
+                raise OSError("closed")
+            data += chunk
+        return data
+
+    def stop(self) -> None:
+        self.listener.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.fixture
+def make_bad_instance() -> Iterator[Callable[[str], BadInstance]]:
+    started: list[BadInstance] = []
+
+    def make(mode: str) -> BadInstance:
+        started.append(BadInstance(mode).start())
+        return started[-1]
+
+    yield make
+    for bad in started:
+        bad.stop()
+
+
+def test_upstream_site_has_the_single_sites_locations_and_hardening():
+    """Same locations, limits, access rules and hardening as the single site; own timeouts."""
+    retimed = ("uwsgi_connect_timeout", "uwsgi_send_timeout", "uwsgi_read_timeout")
+    single = [
+        d.replace(f"uwsgi_pass {PRODUCTION_SOCKET};", "uwsgi_pass gitlab2trello;")
+        for d in site_directives(NGINX_CONF)
+        if not d.startswith(retimed)
+    ]
+    upstream = site_directives(UPSTREAM_CONF)
+    start = upstream.index("upstream gitlab2trello {")
+    end = upstream.index("}", start)
+    block, rest = upstream[start + 1 : end], upstream[:start] + upstream[end + 1 :]
+    assert [d for d in rest if not d.startswith((*retimed, "uwsgi_next_upstream"))] == single
+    assert all(d.startswith("server ") for d in block), block
+    assert len([d for d in rest if d.startswith(retimed)]) == len(retimed)
+
+
+def test_upstream_site_never_resends_a_post_and_answers_within_10_s():
+    """No non_idempotent, failed instances left out, tries bounded, worst case under 10 s."""
+    assert site_value(UPSTREAM_CONF, "uwsgi_next_upstream").split() == ["error", "timeout"]
+    assert "non_idempotent" not in " ".join(site_directives(UPSTREAM_CONF))
+    servers = [d for d in site_directives(UPSTREAM_CONF) if d.startswith("server 127.")]
+    assert [d.split()[1] for d in servers] == list(UPSTREAM_SERVERS)
+    for server in servers:
+        assert re.search(r" max_fails=[1-9]\d* ", server), server
+        assert re.search(r" fail_timeout=\d+s;$", server), server
+    tries = int(site_value(UPSTREAM_CONF, "uwsgi_next_upstream_tries"))
+    assert 2 <= tries <= 3
+    passing_on = seconds(site_value(UPSTREAM_CONF, "uwsgi_next_upstream_timeout"))
+    connect = seconds(site_value(UPSTREAM_CONF, "uwsgi_connect_timeout"))
+    send = seconds(site_value(UPSTREAM_CONF, "uwsgi_send_timeout"))
+    read = seconds(site_value(UPSTREAM_CONF, "uwsgi_read_timeout"))
+    assert min(passing_on, connect, send) > 0
+    assert send <= read
+    # the last attempt starts within passing_on, then connects and is answered (or given up)
+    assert passing_on + connect + read <= 8
+
+
+def test_deliveries_spread_over_the_instances(make_instances, make_nginx, trello):
+    """Deliveries alternate between the two instances, each stored once, each made a card."""
+    instances = make_instances(2)
+    names = [i.service.health()["instance"] for i in instances]
+    assert names == [i.service.settings["server"]["instance"] for i in instances]
+    nginx = make_nginx([i.socket_port for i in instances])
+    for iid in range(1, 13):
+        response = post(nginx.url, *delivery(iid))
+        assert response.status_code == 202, response.text
+    entries = finished(nginx, 12)
+    assert all(len(e.upstreams) == 1 and e.status == 202 for e in entries), entries
+    answered = Counter(e.upstreams[0] for e in entries)
+    assert answered == {i.address: 6 for i in instances}
+    for instance in instances:  # a shared store holds them all, else each holds its own
+        expected = 12 if instance.shared_store else answered[instance.address]
+        assert stored(instance) == expected
+    for instance in instances:
+        instance.service.wait_idle()
+    names = sorted(c["name"] for c in trello.cards(list_id=trello.list_id))
+    assert names == sorted(f"[ ISSUE {iid} ] Issue number {iid}" for iid in range(1, 13))
+
+
+def max_fails() -> int:
+    (value,) = {
+        int(m) for m in re.findall(r"max_fails=(\d+)", " ".join(site_directives(UPSTREAM_CONF)))
+    }
+    return value
+
+
+def test_killed_instance_is_skipped_and_no_post_is_lost(make_instances, make_nginx, trello):
+    """With one instance killed (kill -9), every POST through nginx gets 202 from the other."""
+    survivor, victim = make_instances(2)
+    nginx = make_nginx([survivor.socket_port, victim.socket_port])
+    for iid in range(1, 5):
+        assert post(nginx.url, *delivery(iid)).status_code == 202
+    assert {e.upstreams for e in finished(nginx, 4)} == {(survivor.address,), (victim.address,)}
+    for instance in (survivor, victim):
+        instance.service.wait_idle()
+    before = stored(survivor)
+    victim.service.kill()
+    answers = [post(nginx.url, *delivery(iid)) for iid in range(5, 25)]
+    assert [a.status_code for a in answers] == [202] * 20, [a.text for a in answers]
+    after = finished(nginx, 24)[4:]
+    assert {e.upstreams[-1] for e in after} == {survivor.address}
+    # refused: passed on at once, nothing was sent; then left out (max_fails) and not tried
+    tried = [e for e in after if e.upstreams == (victim.address, survivor.address)]
+    assert 1 <= len(tried) <= max_fails(), after
+    assert {e.upstream_statuses for e in tried} == {("502", "202")}
+    assert all(e.upstreams == (survivor.address,) for e in after if e not in tried)
+    assert stored(survivor) == (24 if survivor.shared_store else before + 20)
+    survivor.service.wait_idle()
+    assert len(trello.cards(list_id=trello.list_id)) == 24
+
+
+def test_post_read_by_a_hung_instance_is_not_resent(make_instances, make_bad_instance, make_nginx):
+    """A POST an instance read and never answered: 504 within 10 s, not resent to the other."""
+    (good,) = make_instances(1)
+    hung = make_bad_instance("hang")
+    nginx = make_nginx([good.socket_port, hung.port])
+    queued = 0
+    while not hung.requests:  # round robin: the first or the second POST
+        body, headers = delivery(queued + 1)
+        started = time.monotonic()
+        response = post(nginx.url, body, headers)
+        elapsed = time.monotonic() - started
+        if response.status_code == 202:
+            queued += 1
+            assert queued < 3, "nginx never passed a POST to the hung instance"
+    assert response.status_code == 504, response.text
+    read_timeout = seconds(site_value(UPSTREAM_CONF, "uwsgi_read_timeout"))
+    assert read_timeout - 0.5 < elapsed < 10
+    assert [r["HTTP_IDEMPOTENCY_KEY"] for r in hung.requests] == [headers["Idempotency-Key"]]
+    # (with the shipped timeouts, uwsgi_next_upstream_timeout is over by then as well; the test
+    # with an instance that drops the connection at once is the one that fails on non_idempotent)
+    entry = logged(nginx, headers["Idempotency-Key"])
+    assert (entry.status, entry.upstreams) == (504, (hung.address,))
+    # the good instance never stored it: the very same delivery is new to it
+    assert stored(good) == queued
+    again = good.service.post(body, key=headers["Idempotency-Key"])
+    assert (again.status_code, again.json()["status"]) == (202, "queued")
+
+
+def test_post_dropped_by_an_instance_is_not_resent_but_a_get_is(
+    make_instances, make_bad_instance, make_nginx
+):
+    """An instance read the request and hung up: the POST gets 502, only a GET is passed on."""
+    # the drop comes long before uwsgi_next_upstream_timeout: with `non_idempotent` given,
+    # nginx would resend this POST to the good instance
+    (good,) = make_instances(1)
+    dropping = make_bad_instance("close")
+    nginx = make_nginx([good.socket_port, dropping.port])
+    answers = [post(nginx.url, *delivery(iid)) for iid in (1, 2)]  # one to each
+    assert sorted(a.status_code for a in answers) == [202, 502], [a.text for a in answers]
+    (dropped,) = dropping.requests
+    entry = logged(nginx, dropped["HTTP_IDEMPOTENCY_KEY"])
+    assert (entry.status, entry.upstreams) == (502, (dropping.address,))
+    assert stored(good) == 1
+    for _ in (1, 2):  # one of them is tried on the dropping instance first
+        response = requests.get(nginx.url + "/hello/again", timeout=10)
+        assert (response.status_code, response.text) == (200, "Hello again!\n")
+    gets = finished(nginx, 2, "GET")
+    assert {e.upstreams for e in gets} == {(good.address,), (dropping.address, good.address)}
+    assert len(dropping.requests) == 2
+
+
+def test_instance_that_takes_no_connection_is_passed_over(
+    make_instances, make_bad_instance, make_nginx
+):
+    """Connecting times out on an instance whose queue is full: the POST goes to the other."""
+    # nothing was sent to the full one, so passing the POST on cannot store it twice
+    (good,) = make_instances(1)
+    full = make_bad_instance("full")
+    nginx = make_nginx([full.port, good.socket_port])
+    connect = seconds(site_value(UPSTREAM_CONF, "uwsgi_connect_timeout"))
+    answers = [post(nginx.url, *delivery(iid)) for iid in (1, 2)]
+    assert [a.status_code for a in answers] == [202, 202], [a.text for a in answers]
+    entries = finished(nginx, 2)
+    (passed_on,) = [e for e in entries if len(e.upstreams) == 2]
+    assert passed_on.upstreams == (full.address, good.address)
+    assert passed_on.upstream_statuses == ("504", "202")
+    assert connect - 0.1 < passed_on.seconds < connect + 1
+    assert stored(good) == 2
+
+
+# ------------------------------------------------------------------ systemd units
+
+
+def unit_lines(path: Path) -> list[str]:
+    """A unit file's settings: no comments or blank lines, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", path.read_text(encoding="utf-8"))
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith(("#", ";"))]
+
+
+def unit_setting(path: Path, key: str) -> list[str]:
+    return [line.split("=", 1)[1] for line in unit_lines(path) if line.startswith(key + "=")]
+
+
+def test_template_unit_is_the_single_unit_plus_its_instance():
+    """gitlab2trello@.service is gitlab2trello.service plus its instance's socket and name."""
+    own = ("Description=", "ExecStart=", "Environment=")
+    single = [line for line in unit_lines(SINGLE_UNIT) if not line.startswith(own)]
+    template = [line for line in unit_lines(TEMPLATE_UNIT) if not line.startswith(own)]
+    assert template == single
+    assert unit_setting(SINGLE_UNIT, "Environment") == []
+    assert unit_setting(TEMPLATE_UNIT, "Environment") == [
+        "GITLAB2TRELLO_SOCKET=127.0.0.1:%i",
+        "GITLAB2TRELLO_SERVER_INSTANCE=%H-%i",
+    ]
+    (single_exec,) = unit_setting(SINGLE_UNIT, "ExecStart")
+    (template_exec,) = unit_setting(TEMPLATE_UNIT, "ExecStart")
+    assert template_exec.split() == [
+        *single_exec.split(),
+        *("--logto2", "/var/log/gitlab2trello/uwsgi-%i.log"),
+        *("--procname-prefix-spaced", "gitlab2trello@%i"),
+    ]
+
+
+@pytest.mark.parametrize("unit", [SINGLE_UNIT, TEMPLATE_UNIT], ids=lambda p: p.name)
+def test_units_pass_systemd_analyze_verify(unit, tmp_path):
+    """systemd-analyze verify accepts the unit (an instance of the template), without a warning."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("no systemd-analyze")
+    # ExecStart must name a program that exists here: the checkout's and the test's uwsgi
+    text = unit.read_text(encoding="utf-8").replace(f"{CHECKOUT}/.venv/bin/uwsgi", str(UWSGI))
+    (tmp_path / unit.name).write_text(text.replace(CHECKOUT, str(ROOT)), encoding="utf-8")
+    name = unit.name.replace("@.", "@8081.")
+    checked = subprocess.run(
+        [analyze, "verify", str(tmp_path / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert (checked.returncode, checked.stdout + checked.stderr) == (0, "")
+
+
+def test_production_ini_takes_its_socket_from_the_environment():
+    """deploy/uwsgi.ini listens on 127.0.0.1:8080, or on GITLAB2TRELLO_SOCKET when it is set."""
+    assert uwsgi_get(UWSGI_INI, "socket").stdout.strip() == PRODUCTION_SOCKET
+    env = {**os.environ, "GITLAB2TRELLO_SOCKET": "127.0.0.1:8081"}
+    read = subprocess.run(
+        [str(UWSGI), "--ini", str(UWSGI_INI), "--get", "socket"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env=env,
+    )
+    assert (read.returncode, read.stdout.strip()) == (0, "127.0.0.1:8081")
+
+
+def test_template_unit_instances_run_behind_the_upstream_site(tmp_path, make_nginx):
+    """Run as gitlab2trello@<port> runs them, two instances take deliveries behind the upstream."""
+    # the unit's command line and Environment= with %i and %H filled in; the user, virtualenv,
+    # log file and configuration are the test's. Each instance listens on its port only and
+    # reports its own name.
+    host = socket.gethostname()
+    (exec_start,) = unit_setting(TEMPLATE_UNIT, "ExecStart")
+    ports = [free_port(), free_port()]
+    procs: dict[int, subprocess.Popen[bytes]] = {}
+    logs: dict[int, Path] = {}
+    try:
+        for port in ports:
+            folder = tmp_path / f"instance-{port}"
+            (folder / "db").mkdir(parents=True)
+            config = folder / "config.ini"
+            config.write_text(f"[store]\ndatabase = {folder / 'db' / 'x.sqlite3'}\n")
+            env = dict(os.environ)
+            for setting in unit_setting(TEMPLATE_UNIT, "Environment"):
+                name, value = setting.replace("%H", host).replace("%i", str(port)).split("=", 1)
+                env[name] = value
+            command = shlex.split(exec_start.replace("%i", str(port)))
+            assert command[0] == f"{CHECKOUT}/.venv/bin/uwsgi"
+            command = [str(UWSGI), *(a.replace(CHECKOUT, str(ROOT)) for a in command[1:])]
+            logs[port] = folder / "uwsgi.log"
+            overrides = [  # as in test_production_ini_runs_behind_the_nginx_config
+                *("--uid", pwd.getpwuid(os.getuid()).pw_name),
+                *("--gid", grp.getgrgid(os.getgid()).gr_name),
+                *("--virtualenv", sys.prefix),
+                *("--logto2", str(logs[port])),
+                *("--env", f"GITLAB2TRELLO_CONFIG={config}"),
+            ]
+            with (folder / "uwsgi.out").open("wb") as out:
+                procs[port] = subprocess.Popen(
+                    [*command, *overrides],
+                    cwd=folder,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+
+        def text(port: int) -> str:
+            files = [logs[port], logs[port].with_name("uwsgi.out")]
+            return "\n".join(p.read_text(errors="replace") for p in files if p.exists())
+
+        nginx = make_nginx(ports)
+        for port in ports:
+            wait_for(lambda p=port: text(p).count(APP_READY) == 2, message=f"instance {port}")
+        for iid in (1, 2):
+            response = post(nginx.url, *delivery(iid))
+            assert response.status_code == 202, response.text + nginx.log()
+        entries = finished(nginx, 2)
+        assert sorted(e.upstreams for e in entries) == [(f"127.0.0.1:{p}",) for p in sorted(ports)]
+        # [server] instance from GITLAB2TRELLO_SERVER_INSTANCE; round robin asks each in turn
+        names = {requests.get(nginx.url + "/healthz", timeout=10).json()["instance"] for _ in ports}
+        assert names == {f"{host}-{port}" for port in ports}
+        for port in ports:
+            log = text(port)
+            assert f"uwsgi socket 0 bound to TCP address 127.0.0.1:{port} " in log
+            assert "uwsgi socket 1 " not in log  # not 127.0.0.1:8080 as well
+            procs[port].send_signal(signal.SIGTERM)
+        for port in ports:
+            assert procs[port].wait(20) == 0, text(port)
+    finally:
+        for proc in procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
