@@ -39,7 +39,7 @@ lint: $(VENV)/.dev-deps
 
 ## test: lint, then every test (unit, integration under uWSGI, deployment behind nginx)
 test: $(VENV)/.dev-deps nginx postgres lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 unit: $(VENV)/.dev-deps
 	$(BIN)/pytest -m "not integration"

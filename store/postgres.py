@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -118,6 +119,56 @@ assert max(MIGRATIONS) == SCHEMA_VERSION
 _ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed)
 
 
+class Watchdog:
+    """Cuts the connection of a statement that outlives its deadline.
+
+    ``statement_timeout`` is enforced by the server, and a server that hangs (stopped, its disk
+    stuck, the network gone without a reset) enforces nothing: the client would wait for an
+    answer as long as the kernel keeps the connection. One thread per process looks at the
+    deadlines of the statements under way and shuts down the socket of any that is late, so the
+    statement fails at once (and its connection is discarded) instead of holding a request.
+    """
+
+    def __init__(self) -> None:
+        self._deadlines: dict[int, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._next = 0
+
+    @contextlib.contextmanager
+    def guard(self, conn: psycopg.Connection, seconds: float) -> Iterator[None]:
+        with self._lock:
+            self._next += 1
+            token = self._next
+            self._deadlines[token] = (time.monotonic() + seconds, conn.fileno())
+            if self._thread is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._watch, name="pg-watchdog", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._deadlines.pop(token, None)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(0.2)
+            now = time.monotonic()
+            with self._lock:
+                late = [(t, fd) for t, (at, fd) in self._deadlines.items() if at <= now]
+                for token, _fd in late:
+                    del self._deadlines[token]
+            for _token, fd in late:
+                log.warning("PostgreSQL did not answer in time: cutting the connection")
+                with contextlib.suppress(OSError):
+                    socket.socket(fileno=os.dup(fd)).shutdown(socket.SHUT_RDWR)
+
+
+WATCHDOG = Watchdog()
+
+
 class SharedWindow:
     """A sliding window of calls kept in PostgreSQL, shared by every instance."""
 
@@ -166,6 +217,8 @@ class PostgresStore(Store):
         self.connect_timeout = connect_timeout
         self.statement_timeout_ms = statement_timeout_ms
         self.application_name = application_name
+        # the server's own timeout fires first; the watchdog is for a server that cannot
+        self._deadline = statement_timeout_ms / 1000 + 1.0
         self._pool: psycopg_pool.ConnectionPool | None = None
         self._pool_pid: int | None = None
         self._pool_lock = threading.Lock()
@@ -207,7 +260,7 @@ class PostgresStore(Store):
                     max_size=self.pool_size,
                     kwargs=self._kwargs(),
                     timeout=max(1.0, self.connect_timeout + 1),
-                    check=psycopg_pool.ConnectionPool.check_connection,
+                    check=self._check,
                     reconnect_timeout=0,
                     name=f"gitlab2trello-{pid}",
                     open=False,
@@ -216,11 +269,17 @@ class PostgresStore(Store):
                 self._pool_pid = pid
         return self._pool
 
+    def _check(self, conn: psycopg.Connection) -> None:
+        """Before a pooled connection is handed out: one empty round trip (a connection of a
+        restarted server fails here and is replaced, instead of failing a request)."""
+        with WATCHDOG.guard(conn, self._deadline):
+            conn.execute("")
+
     @contextlib.contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
         """A pooled connection (autocommit: each statement is its own transaction)."""
         try:
-            with self._get_pool().connection() as conn:
+            with self._get_pool().connection() as conn, WATCHDOG.guard(conn, self._deadline):
                 yield conn
         except _ERRORS as exc:
             raise StoreError(f"PostgreSQL {self.label}: {_reason(exc)}") from exc
@@ -269,7 +328,7 @@ class PostgresStore(Store):
                 raise LostClaim(f"{claim.issue_key}: the session that claimed it has ended")
             conn = self._session_conn()
             try:
-                with conn.transaction():
+                with WATCHDOG.guard(conn, self._deadline), conn.transaction():
                     yield conn
             except _ERRORS as exc:
                 # session-level advisory locks outlive a rolled-back transaction: end the

@@ -276,3 +276,32 @@ def test_status_and_replay_work_from_any_instance(instances, trello):
     assert replay.returncode == 0, replay.stderr
     wait_drained([a, b], lambda: len(trello.cards()), 1, timeout=20)
     assert a.health()["dead_letters"] == 0
+
+
+def test_a_hung_postgresql_never_holds_a_request_past_gitlabs_10_s(make_service, pg_cluster):
+    """PostgreSQL frozen (SIGSTOP): POST /issue answers 503 well within 10 s; thawed: 202."""
+    import os
+    import signal
+
+    from tests import postgres
+
+    url = postgres.create_database(pg_cluster.url())
+    service = make_service({"store": {"database": url}})
+    assert service.post(issue_payload(1)).status_code == 202
+    postmaster = int((pg_cluster.data / "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True)
+    pids = [postmaster, *(int(pid) for pid in children.stdout.split())]
+    assert len(pids) > 3  # the postmaster, its helpers and the service's backends
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for number in (2, 3):
+            started = time.monotonic()
+            answer = service.post(issue_payload(number), timeout=15)
+            took = time.monotonic() - started
+            assert answer.status_code == 503, answer.text
+            assert took < 9, f"answered after {took:.1f} s"
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: service.post(issue_payload(4)).status_code == 202, 15, "202 again")
