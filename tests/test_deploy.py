@@ -447,12 +447,10 @@ class Instance:
 
 
 @pytest.fixture
-def shared_database() -> str | None:
-    """The [store] database of every instance: None gives each its own SQLite file.
-
-    A PostgreSQL URL here (make_pg_url) runs the tests below against one shared database.
-    """
-    return None
+def shared_database(pg_url: str) -> str | None:
+    """The [store] database of every instance: one PostgreSQL database, as in production
+    (None would give each its own SQLite file)."""
+    return pg_url
 
 
 @pytest.fixture
