@@ -130,6 +130,17 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
+SYNC_BACK = ("lists", "members", "comments", "due")
+
+
+def _sync_set(value: str) -> frozenset[str]:
+    names = {part.strip().lower() for part in value.split(",") if part.strip()}
+    unknown = sorted(names - set(SYNC_BACK))
+    if unknown:
+        raise ValueError(f"unknown {', '.join(unknown)}; choose from {', '.join(SYNC_BACK)}")
+    return frozenset(names)
+
+
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
@@ -161,6 +172,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "done_list_id": (_trello_id_or_empty, ""),
         "connect_timeout": (_non_negative_float, "3.05"),
         "read_timeout": (_non_negative_float, "10"),
+        "secret": (_str, ""),
         "max_requests_per_10s": (_positive_int, "90"),
         "concurrency": (_positive_int, "4"),
     },
@@ -172,6 +184,12 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "pool_size": (_positive_int, "10"),
         "connect_timeout": (_non_negative_float, "3"),
         "statement_timeout_ms": (_positive_int, "5000"),
+    },
+    "twoway": {
+        "enabled": (_bool, "false"),
+        "callback_url": (_url, ""),
+        "sync": (_sync_set, "lists, members, comments, due"),
+        "actions_interval": (_non_negative_float, "60"),
     },
     "worker": {
         "enabled": (_bool, "true"),
@@ -206,6 +224,7 @@ class Config:
     trello: Mapping[str, Any]
     store: Mapping[str, Any]
     worker: Mapping[str, Any]
+    twoway: Mapping[str, Any]
     default_routing: Routing
     projects: Mapping[str, Routing]  # project id or path -> routing
 
@@ -214,6 +233,10 @@ class Config:
         """True when the worker has what it needs to write cards."""
         t = self.trello
         return bool(t["key"] and t["token"] and (t["list_id"] or self.projects))
+
+    def routings(self) -> list[Routing]:
+        """The default routing and every project's."""
+        return [self.default_routing, *self.projects.values()]
 
     @property
     def postgresql(self) -> bool:
@@ -335,6 +358,16 @@ def load(
         members=dict(free.get("members", {})),
     )
     projects = _projects(free, default_routing, problems)
+    if typed["twoway"]["enabled"]:
+        if not typed["trello"]["secret"]:
+            problems.append(
+                "[twoway] enabled needs [trello] secret (the API key's secret, which signs "
+                "Trello's webhooks; GITLAB2TRELLO_TRELLO_SECRET)"
+            )
+        if not typed["twoway"]["callback_url"]:
+            problems.append(
+                "[twoway] enabled needs [twoway] callback_url (the public URL of POST /trello)"
+            )
     if problems:
         raise ConfigError(problems)
     return Config(
@@ -344,6 +377,7 @@ def load(
         trello=typed["trello"],
         store=typed["store"],
         worker=typed["worker"],
+        twoway=typed["twoway"],
         default_routing=default_routing,
         projects=projects,
     )

@@ -78,3 +78,63 @@ class IssueEvent:
         if data.get("note"):
             data["note"] = Note(**data["note"])
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class CardAction:
+    """One change a person (or the bridge) made on a card, as Trello's webhook or its board
+    actions describe it, normalised; ``what`` says which of the synced concerns it touches."""
+
+    id: str  # Trello's action id: the dedupe key
+    type: str  # updateCard, commentCard, addMemberToCard, removeMemberFromCard, createCard
+    date: float  # seconds since the epoch, UTC
+    board_id: str
+    card_id: str
+    member_id: str  # who made the change
+    username: str | None = None
+    full_name: str | None = None
+    card_name: str = ""
+    card_short_link: str | None = None
+    list_id: str | None = None  # the card's list after the change
+    list_before: str | None = None  # set when the card moved
+    closed: bool | None = None  # set when the card was archived (True) or un-archived (False)
+    due: str | None = None
+    due_changed: bool = False
+    text: str | None = None  # a comment's text
+    target_member_id: str | None = None  # the member added or removed
+    target_username: str | None = None
+    renamed: bool = False  # name or description changed (never written back)
+
+    @property
+    def what(self) -> str:
+        """The concern it touches: list, archive, members, comment, due, created, or ''."""
+        if self.type == "commentCard":
+            return "comment"
+        if self.type in ("addMemberToCard", "removeMemberFromCard"):
+            return "members"
+        if self.type == "createCard":
+            return "created"
+        if self.list_before is not None:
+            return "list"
+        if self.closed is not None:
+            return "archive"
+        if self.due_changed:
+            return "due"
+        return ""
+
+    @property
+    def card_url(self) -> str:
+        return f"https://trello.com/c/{self.card_short_link or self.card_id}"
+
+    @property
+    def describe(self) -> str:
+        """Short human description for log lines."""
+        who = self.username or self.member_id
+        return f"{who} {self.type} ({self.what or 'other'}) on card {self.card_id}"
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> CardAction:
+        return cls(**json.loads(text))

@@ -73,6 +73,7 @@ def secrets_of(cfg: Any) -> list[str]:
         cfg.gitlab["secret_token"],
         cfg.gitlab["signing_token"],
         cfg.gitlab["private_token"],
+        cfg.trello["secret"],
     ]
     if cfg.postgresql:
         password = urllib.parse.urlsplit(cfg.database_url).password

@@ -18,7 +18,8 @@ from bottle import Bottle, HTTPResponse, request, response
 import config as config_module
 import gitlab_io
 import observe
-from events import IssueEvent
+import trello_hook
+from events import CardAction, IssueEvent
 from store import Store, StoreError, open_store
 
 log = logging.getLogger("gitlab2trello.server")
@@ -99,6 +100,7 @@ def make_app(
     types = tuple(cfg.gitlab["types"])
     confidential = cfg.gitlab["confidential"]
     instance = cfg.instance
+    known = _Learned(store)
     app = Bottle(catchall=True, autojson=False)
 
     @app.hook("before_request")
@@ -114,13 +116,19 @@ def make_app(
         answer.set_header("X-Request-Id", observe.request_id.get())
         return answer
 
-    def receive() -> HTTPResponse:
+    def read_body() -> bytes | HTTPResponse:
         length = request.content_length
         if length > max_body:
             return _text(413, f"body larger than {max_body} bytes")
         body = request.body.read(max_body + 1)
         if len(body) > max_body:
             return _text(413, f"body larger than {max_body} bytes")
+        return body
+
+    def receive() -> HTTPResponse:
+        body = read_body()
+        if isinstance(body, HTTPResponse):
+            return body
         headers = request.environ["gitlab2trello.headers"]
         try:
             gitlab_io.authenticate(
@@ -144,6 +152,10 @@ def make_app(
             return _json(200, {"status": "ignored", "reason": parsed.reason})
         event = parsed.event
         reason = _confidential_reason(event, confidential, store)
+        if reason is None and event.note is not None and cfg.twoway["enabled"]:
+            known.refresh()
+            if known.gitlab_username and event.author == known.gitlab_username:
+                reason = "a comment the bridge wrote (copied from Trello) is not copied back"
         if reason:
             log.info("%s -> ignored: %s", event.describe, reason)
             return _json(200, {"status": "ignored", "reason": reason})
@@ -163,6 +175,68 @@ def make_app(
             log.info("%s -> duplicate of delivery %d", event.describe, delivery_id)
             return _json(200, {"status": "duplicate", "delivery": delivery_id})
         log.info("%s -> queued (delivery %d)", event.describe, delivery_id)
+        return _json(202, {"status": "queued", "delivery": delivery_id})
+
+    twoway = cfg.twoway
+    trello_secret = cfg.trello["secret"]
+    callback_url = twoway["callback_url"]
+
+    @app.route("/trello", method=["GET", "HEAD"])
+    def trello_check() -> HTTPResponse:
+        # Trello sends HEAD to the callback URL when a webhook is created and needs a 200
+        return _text(200, "gitlab2trello: Trello webhook endpoint")
+
+    @app.post("/trello")
+    def trello_action() -> HTTPResponse:
+        answer = receive_action()
+        answer.set_header("X-Request-Id", observe.request_id.get())
+        return answer
+
+    def receive_action() -> HTTPResponse:
+        if not twoway["enabled"]:
+            return _text(404, "two-way sync is off ([twoway] enabled = false)")
+        body = read_body()
+        if isinstance(body, HTTPResponse):
+            return body
+        headers = request.environ["gitlab2trello.headers"]
+        try:
+            trello_hook.verify(headers, body, secret=trello_secret, callback_url=callback_url)
+        except trello_hook.Unauthorized as exc:
+            log.warning("Trello action refused: %s (from %s)", exc, request.remote_addr)
+            return _text(401, str(exc))
+        try:
+            parsed = trello_hook.parse(body)
+        except trello_hook.BadDelivery as exc:
+            log.warning("Trello action rejected: %s", exc)
+            return _text(400, str(exc))
+        reason = parsed.reason if isinstance(parsed, trello_hook.Ignored) else None
+        if reason is None:
+            assert isinstance(parsed, CardAction)
+            known.refresh()
+            reason = trello_hook.ignored_reason(
+                parsed, twoway["sync"], own_member=known.member_id, boards=known.boards
+            )
+        if reason is not None:
+            log.info("Trello action ignored: %s", reason)
+            return _json(200, {"status": "ignored", "reason": reason})
+        assert isinstance(parsed, CardAction)
+        try:
+            issue_key = store.issue_for_card(parsed.card_id) or f"trello-card:{parsed.card_id}"
+            delivery_id, created = store.add_delivery(
+                f"trello:{parsed.id}",
+                issue_key,
+                parsed.to_json(),
+                kind="card",
+                updated_at=parsed.date,
+                now=clock(),
+            )
+        except StoreError as exc:
+            log.error("Trello action not stored: %s", exc)
+            return _text(503, "cannot store the action right now; nothing was accepted")
+        if not created:
+            log.info("%s -> duplicate of delivery %d", parsed.describe, delivery_id)
+            return _json(200, {"status": "duplicate", "delivery": delivery_id})
+        log.info("%s -> queued (delivery %d)", parsed.describe, delivery_id)
         return _json(202, {"status": "queued", "delivery": delivery_id})
 
     @app.get("/hello/<name>")
@@ -233,6 +307,32 @@ def _confidential_reason(event: IssueEvent, policy: str, store: Store) -> str | 
     if policy == "skip" and not store.has_card(event.issue_key):
         return "confidential issues are not synced ([gitlab] confidential = skip)"
     return None
+
+
+class _Learned:
+    """What the worker learned and wrote down for the edge: the bridge's own Trello member, the
+    boards it manages and its own GitLab user (re-read every few seconds; None until known)."""
+
+    def __init__(self, store: Store, ttl: float = 5.0) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._read_at = -ttl
+        self.member_id: str | None = None
+        self.boards: frozenset[str] | None = None
+        self.gitlab_username: str | None = None
+
+    def refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._read_at < self.ttl:
+            return
+        try:
+            self.member_id = self.store.meta("trello_member_id")
+            self.gitlab_username = self.store.meta("gitlab_username")
+            boards = self.store.meta("trello_boards")
+            self.boards = frozenset(json.loads(boards)) if boards else None
+        except (StoreError, ValueError):
+            return
+        self._read_at = now
 
 
 def _startup_warnings(cfg: config_module.Config) -> None:

@@ -178,10 +178,12 @@ def applied_state(
     label_ids: Mapping[str, str],
     member_ids: Mapping[str, str],
     previous: Mapping[str, Any] | None = None,
+    project_path: str | None = None,
 ) -> dict[str, Any]:
-    """What the bridge writes down after applying ``spec`` (compared on the next event)."""
+    """What the bridge writes down after applying ``spec`` (compared on the next event), with
+    the project's path (two-way sync routes by it) and the card's own change times."""
     archived_in_place = spec.closed and previous is not None
-    return {
+    state = {
         "name": spec.name,
         "desc": spec.desc,
         "list": previous.get("list") if archived_in_place else spec.list_id,
@@ -190,6 +192,29 @@ def applied_state(
         "labels": {label.name.lower(): label_ids[label.name.lower()] for label in spec.labels},
         "members": {name.lower(): member_ids[name.lower()] for name in spec.members},
     }
+    if previous and previous.get("changed_at"):
+        state["changed_at"] = previous["changed_at"]
+    if project_path or (previous and previous.get("project_path")):
+        state["project_path"] = project_path or previous["project_path"]  # type: ignore[index]
+    return state
+
+
+def keep_card_values(
+    spec: CardSpec, applied: Mapping[str, Any] | None, concerns: Collection[str]
+) -> CardSpec:
+    """``spec`` with the concerns a person changed on the card more recently than the event
+    (``sync_back.newer_on_card``) left as the card shows them."""
+    if not applied or not concerns:
+        return spec
+    if "lists" in concerns:
+        spec = replace(
+            spec, list_id=applied.get("list") or spec.list_id, closed=bool(applied.get("closed"))
+        )
+    if "due" in concerns:
+        spec = replace(spec, due=applied.get("due"))
+    if "members" in concerns:
+        spec = replace(spec, members=tuple(applied.get("members") or {}))
+    return spec
 
 
 _ISSUE_URL = re.compile(r"https?://[^\s)\]>\"']+/issues/\d+(?!\d)")

@@ -286,6 +286,40 @@ class Client:
             params={"fields": "id,name,desc,idList,idBoard,closed,idLabels,idMembers,due"},
         )
 
+    def board_actions(
+        self, board_id: str, types: Sequence[str], *, since: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """The board's actions of these types after ``since`` (an ISO time), oldest first, every
+        page (Trello answers newest first, at most 1000 a page)."""
+        found: list[dict[str, Any]] = []
+        before: str | None = None
+        while True:
+            params: dict[str, Any] = {"filter": ",".join(types), "limit": limit}
+            if since:
+                params["since"] = since
+            if before:
+                params["before"] = before
+            page = self._request("GET", f"/boards/{board_id}/actions", params=params)
+            found += page
+            if len(page) < limit:
+                return found[::-1]
+            before = page[-1]["id"]
+
+    def create_webhook(self, callback_url: str, model_id: str, description: str) -> dict[str, Any]:
+        """A webhook on a board (Trello first checks the URL with HEAD)."""
+        return self._request(
+            "POST",
+            "/webhooks",
+            json={"callbackURL": callback_url, "idModel": model_id, "description": description},
+        )
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        """The token's webhooks (the token is in the path: the log filter blanks it)."""
+        return self._request("GET", f"/tokens/{self._token}/webhooks")
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        self._request("DELETE", f"/webhooks/{webhook_id}")
+
     def board_labels(self, board_id: str) -> list[dict[str, Any]]:
         return self._request(
             "GET", f"/boards/{board_id}/labels", params={"fields": "id,name,color", "limit": 1000}

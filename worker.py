@@ -8,7 +8,9 @@ issues overlap, the events of one issue are applied by one thread at a time, new
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -19,12 +21,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import config as config_module
+import gitlab_client
+import gitlab_io
 import observe
 import reconcile
 import retry
 import sync
+import sync_back
 import trello
-from store import Claim, Delivery, LostClaim, Store, StoreError, open_store
+import trello_hook
+from store import Claim, Delivery, IssueState, LostClaim, Store, StoreError, open_store
 
 log = logging.getLogger("gitlab2trello.worker")
 
@@ -38,11 +44,14 @@ class Worker:
         store: Store,
         client: trello.Client | None,
         *,
+        gitlab: gitlab_client.Client | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.store = store
         self.client = client
+        self.gitlab = gitlab  # writes to GitLab (two-way sync)
+        self.trello_member_id: str | None = None
         self.boards = trello.BoardCache(client) if client is not None else None
         self.clock = clock
 
@@ -69,6 +78,7 @@ class Worker:
             wake.set()
 
         reconciler = self._start_reconciler(stop) if reconcile else None
+        catcher = self._start_two_way(stop, catch_up=reconcile)
         try:
             with ThreadPoolExecutor(concurrency, thread_name_prefix="deliver") as pool:
                 while not stop.is_set():
@@ -92,8 +102,9 @@ class Worker:
         finally:
             if stop_listening is not None:
                 stop_listening()
-        if reconciler is not None:
-            reconciler.join(5)
+        for thread in (reconciler, catcher):
+            if thread is not None:
+                thread.join(5)
 
     def _start_reconciler(self, stop: threading.Event) -> threading.Thread | None:
         """Reconcile ``[gitlab] projects`` every ``reconcile_interval`` seconds, first at start.
@@ -130,6 +141,96 @@ class Worker:
         thread.start()
         return thread
 
+    def _start_two_way(self, stop: threading.Event, *, catch_up: bool) -> threading.Thread | None:
+        """With ``[twoway] enabled``: learn who the bridge is on both sides and which boards it
+        manages (for the edge), then read the boards' recent actions every ``actions_interval``
+        seconds, so that actions whose webhook deliveries Trello gave up on still arrive."""
+        if not self.config.twoway["enabled"] or self.client is None or self.boards is None:
+            return None
+        interval = float(self.config.twoway["actions_interval"])
+
+        def loop() -> None:
+            learned = False
+            while not stop.is_set():
+                try:
+                    if not learned:
+                        self.learn()
+                        learned = True
+                    if catch_up and interval:
+                        with self.store.exclusive("trello-actions") as mine:
+                            if mine:
+                                self.catch_up()
+                except Exception as exc:  # Trello, GitLab or the store down: next time
+                    log.warning("two-way sync: %s", exc)
+                stop.wait(interval if learned and interval else 5)
+
+        thread = threading.Thread(target=loop, name="two-way", daemon=True)
+        thread.start()
+        return thread
+
+    def managed_boards(self) -> list[str]:
+        """The boards of every configured list."""
+        assert self.boards is not None
+        lists = {
+            list_id
+            for routing in self.config.routings()
+            for list_id in (routing.list_id, routing.done_list_id, *routing.lists.values())
+            if list_id
+        }
+        return sorted({self.boards.board_of(list_id) for list_id in lists})
+
+    def learn(self) -> None:
+        """Write down the bridge's own Trello member and GitLab user, and its boards."""
+        assert self.client is not None
+        self.trello_member_id = str(self.client.me()["id"])
+        self.store.set_meta("trello_member_id", self.trello_member_id)
+        self.store.set_meta("trello_boards", json.dumps(self.managed_boards()))
+        if self.gitlab is not None:
+            self.store.set_meta("gitlab_username", str(self.gitlab.me()["username"]))
+
+    def catch_up(self) -> int:
+        """Queue the boards' actions since the last look (with overlap) that are not queued
+        yet (deduped on the action id); return how many were new."""
+        assert self.client is not None
+        synced = self.config.twoway["sync"]
+        boards = self.managed_boards()
+        queued = 0
+        for board_id in boards:
+            mark_key = f"trello_actions_since:{board_id}"
+            mark = self.store.meta(mark_key)
+            now = self.clock()
+            if mark is None:  # the first look: from now on
+                self.store.set_meta(mark_key, str(now))
+                continue
+            since = gitlab_io.format_time(float(mark) - reconcile.OVERLAP)
+            newest = float(mark)
+            for raw in self.client.board_actions(board_id, trello_hook.SYNCED_TYPES, since=since):
+                try:
+                    action = trello_hook.parse_action(raw)
+                except trello_hook.BadDelivery as exc:
+                    log.warning("board %s: unreadable action: %s", board_id, exc)
+                    continue
+                if isinstance(action, trello_hook.Ignored):
+                    continue
+                newest = max(newest, action.date)
+                if trello_hook.ignored_reason(
+                    action, synced, own_member=self.trello_member_id, boards=frozenset(boards)
+                ):
+                    continue
+                key = self.store.issue_for_card(action.card_id) or f"trello-card:{action.card_id}"
+                _id, created = self.store.add_delivery(
+                    f"trello:{action.id}",
+                    key,
+                    action.to_json(),
+                    kind="card",
+                    updated_at=action.date,
+                )
+                queued += created
+            self.store.set_meta(mark_key, str(max(newest, now - reconcile.OVERLAP)))
+        if queued:
+            log.info("caught up on %d Trello action(s) the webhook did not bring", queued)
+        return queued
+
     def process(self, claim: Claim) -> None:
         """Apply every pending delivery of one claimed issue; never raises."""
         try:
@@ -138,7 +239,7 @@ class Worker:
             observe.request_id.set(f"d{claim.deliveries[0].id}")
             try:
                 self._apply(claim)
-            except trello.TrelloError as exc:
+            except (trello.TrelloError, gitlab_client.GitLabError) as exc:
                 self._failed(claim, exc, transient=exc.transient)
             except StoreError:
                 raise
@@ -183,11 +284,100 @@ class Worker:
     def _apply(self, claim: Claim) -> None:
         events = [d for d in claim.deliveries if d.kind == "issue"]
         notes = [d for d in claim.deliveries if d.kind == "note"]
-        card_id = claim.issue.card_id if claim.issue else None
+        actions = [d for d in claim.deliveries if d.kind == "card"]
+        row = claim.issue
+        if actions:  # first: their times decide what an older issue event may still change
+            newest = max((d.event.updated_at or 0.0 for d in events), default=None)
+            row = self._apply_card_actions(claim, actions, newest)
+        card_id = row.card_id if row else None
         if events:
-            card_id = self._apply_issue(claim, events)
+            card_id = self._apply_issue(claim, events, row)
         if notes:
             self._apply_notes(claim, notes, card_id)
+
+    # ------------------------------------------------------------------ Trello -> GitLab
+
+    def _apply_card_actions(
+        self, claim: Claim, actions: Sequence[Delivery], newest_gitlab: float | None
+    ) -> IssueState | None:
+        """Write what people did on the card to its issue, one action at a time, in the order
+        they happened; return the issue's state with what the card now shows."""
+        row = claim.issue
+        if claim.issue_key.startswith("trello-card:") or row is None or row.card_id is None:
+            reason = "not a card of the bridge (or its issue is not in the map)"
+            self.store.finish(claim, [(d.id, reason) for d in actions])
+            log.info("%s: %d card action(s) ignored: %s", claim.issue_key, len(actions), reason)
+            return row
+        if self.gitlab is None:
+            raise RuntimeError("two-way sync needs [gitlab] url and private_token")
+        _instance, project, iid = claim.issue_key.rsplit("|", 2)
+        project_id, issue_iid = int(project), int(iid)
+        applied = row.applied
+        routing = self.config.routing(project_id, (applied or {}).get("project_path"))
+        synced = self.config.twoway["sync"]
+        for delivery in sorted(actions, key=lambda d: (d.event.date, d.id)):
+            action = delivery.event
+            if action.member_id == self.trello_member_id:
+                outcome = "made by the bridge itself"
+            elif (
+                newest_gitlab is not None
+                and newest_gitlab > action.date
+                and action.what in sync_back.CONCERNS
+            ):
+                # GitLab changed the issue after the person changed the card: GitLab wins, and
+                # its event (applied next) brings the card in line
+                outcome = "older than the issue's own change"
+            else:
+                write = sync_back.plan(action, routing, synced)
+                outcome = self._write_gitlab(claim, delivery, project_id, issue_iid, write)
+            applied = sync_back.card_after(action, applied, routing)
+            self.store.save_card(
+                claim,
+                row.card_id,
+                row.board_id,
+                applied,
+                row.applied_updated_at,
+                done=[(delivery.id, outcome)],
+            )
+            observe.observe_latency([self.clock() - delivery.received_at])
+            log.info("%s: %s -> %s", claim.issue_key, action.describe, outcome)
+        return dataclasses.replace(row, applied=applied)
+
+    def _write_gitlab(
+        self, claim: Claim, delivery: Delivery, project_id: int, iid: int, write: sync_back.Write
+    ) -> str:
+        """Perform ``write`` on the issue; return the delivery's outcome."""
+        assert self.gitlab is not None
+        if write.empty:
+            return f"nothing to write: {write.reason}"
+        fields = dict(write.fields)
+        name = write.assign or write.unassign
+        if name:
+            user_id = self.gitlab.user_id(name)
+            if user_id is None:
+                log.info("%s: no GitLab user %s: assignees left alone", claim.issue_key, name)
+                if not fields and not write.note:
+                    return f"no GitLab user {name}"
+            else:
+                issue = self.gitlab.issue(project_id, iid)
+                current = [int(a["id"]) for a in issue.get("assignees") or () if "id" in a]
+                wanted = (
+                    [*current, user_id]
+                    if write.assign and user_id not in current
+                    else [i for i in current if i != user_id]
+                    if write.unassign
+                    else current
+                )
+                if wanted != current:
+                    fields["assignee_ids"] = wanted
+        if fields:
+            self.gitlab.update_issue(project_id, iid, fields)
+        if write.note:
+            if delivery.attempts and self.gitlab.has_note(project_id, iid, write.note):
+                return "comment already copied"
+            self.store.mark_attempted(claim, delivery.id)
+            self.gitlab.add_note(project_id, iid, write.note)
+        return "written" if fields or write.note else "nothing to change"
 
     def _apply_notes(self, claim: Claim, notes: Sequence[Delivery], card_id: str | None) -> None:
         """Copy comments, once each, in the order they arrived; park them while there is no card."""
@@ -210,11 +400,12 @@ class Worker:
             observe.observe_latency([self.clock() - delivery.received_at])
             log.info("%s: %s -> %s on card %s", claim.issue_key, event.describe, outcome, card_id)
 
-    def _apply_issue(self, claim: Claim, events: Sequence[Delivery]) -> str | None:
+    def _apply_issue(
+        self, claim: Claim, events: Sequence[Delivery], row: IssueState | None
+    ) -> str | None:
         """Bring the card to the newest state of the issue; return the card's id, if any."""
         newest = max(events, key=lambda d: (d.event.updated_at or 0.0, d.id))
         event = newest.event
-        row = claim.issue
         if (
             row is not None
             and row.applied_updated_at is not None
@@ -229,6 +420,10 @@ class Worker:
         done = [(d.id, "applied" if d is newest else "merged") for d in events]
         routing = self.config.routing(event.project_id, event.project_path)
         spec = sync.desired_card(event, routing, self.config.gitlab["confidential"])
+        if spec is not None and row is not None:
+            # what a person changed on the card after this event stays as they left it
+            newer = sync_back.newer_on_card(row.applied, event.updated_at)
+            spec = sync.keep_card_values(spec, row.applied, newer)
         card_id = row.card_id if row else None
         applied = row.applied if row and row.card_id else None
         if spec is None or spec.list_id is None:
@@ -280,7 +475,9 @@ class Worker:
             claim,
             card_id,
             board_id,
-            sync.applied_state(spec, labels, members, applied) if card_id else None,
+            sync.applied_state(spec, labels, members, applied, event.project_path)
+            if card_id
+            else None,
             event.updated_at,
             done=done,
         )
@@ -357,7 +554,12 @@ def build(cfg: config_module.Config) -> Worker:
             ),
             on_call=observe.count_trello_call,
         )
-    return Worker(cfg, store, client)
+    writer = None
+    if cfg.twoway["enabled"] and cfg.gitlab["url"] and cfg.gitlab["private_token"]:
+        writer = gitlab_client.Client(
+            cfg.gitlab["url"], cfg.gitlab["private_token"], timeout=t["read_timeout"] or 10
+        )
+    return Worker(cfg, store, client, gitlab=writer)
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from events import IssueEvent
+from events import CardAction, IssueEvent
 
 SCHEMA_VERSION = 2  # both backends; numbered migrations in each backend's module
 
@@ -37,8 +37,8 @@ class Delivery:
     """One stored delivery, its event decoded."""
 
     id: int
-    kind: str  # "issue" | "note"
-    event: IssueEvent
+    kind: str  # "issue" | "note" (from GitLab) | "card" (from Trello)
+    event: Any  # IssueEvent for "issue" and "note", CardAction for "card"
     updated_at: float | None
     received_at: float
     attempts: int
@@ -108,9 +108,8 @@ COPY_COLUMNS: Mapping[str, tuple[str, ...]] = {
 
 def delivery_from_row(row: Sequence[Any]) -> Delivery:
     """A row of ``DELIVERY_COLUMNS`` as a ``Delivery`` (the one place events are decoded)."""
-    return Delivery(
-        int(row[0]), row[1], IssueEvent.from_json(row[2]), row[3], float(row[4]), int(row[5])
-    )
+    decode = CardAction.from_json if row[1] == "card" else IssueEvent.from_json
+    return Delivery(int(row[0]), row[1], decode(row[2]), row[3], float(row[4]), int(row[5]))
 
 
 def issue_from_row(row: Sequence[Any], decode: Callable[[str], Any]) -> IssueState:
@@ -193,6 +192,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def issue(self, issue_key: str) -> IssueState | None:
         """The issue's state, or None when the store has never seen it."""
+
+    @abc.abstractmethod
+    def issue_for_card(self, card_id: str) -> str | None:
+        """The issue key of the issue whose card this is, from the map."""
 
     @abc.abstractmethod
     def mark_creating(self, claim: Claim) -> None:

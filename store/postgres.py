@@ -88,6 +88,7 @@ CREATE TABLE issues (
 """,
     2: """
 ALTER TABLE issues ADD COLUMN creating_at DOUBLE PRECISION;
+CREATE INDEX issues_card ON issues (card_id);
 -- the calls of the shared Trello budget; losing them in a crash costs nothing
 CREATE UNLOGGED TABLE rate_calls (
     name TEXT NOT NULL,
@@ -497,6 +498,10 @@ class PostgresStore(Store):
     def issue(self, issue_key: str) -> IssueState | None:
         rows = self._read(f"SELECT {ISSUE_COLUMNS} FROM issues WHERE issue_key = %s", (issue_key,))
         return issue_from_row(rows[0], json.loads) if rows else None
+
+    def issue_for_card(self, card_id: str) -> str | None:
+        rows = self._read("SELECT issue_key FROM issues WHERE card_id = %s LIMIT 1", (card_id,))
+        return rows[0][0] if rows else None
 
     def mark_creating(self, claim: Claim) -> None:
         now = time.time()

@@ -77,7 +77,11 @@ CREATE TABLE IF NOT EXISTS meta (
 """,
     # a create was sent and its answer is not recorded yet: whoever takes the issue next looks
     # for the card on the board first (another instance, or this one after a crash)
-    2: "ALTER TABLE issues ADD COLUMN creating_at REAL;",
+    2: """
+ALTER TABLE issues ADD COLUMN creating_at REAL;
+-- Trello's webhook names the card: the edge finds its issue here
+CREATE INDEX IF NOT EXISTS issues_card ON issues (card_id);
+""",
 }
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
@@ -401,6 +405,10 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read database: {exc}") from exc
         return None if row is None else issue_from_row(row, json.loads)
+
+    def issue_for_card(self, card_id: str) -> str | None:
+        rows = self._read("SELECT issue_key FROM issues WHERE card_id = ? LIMIT 1", (card_id,))
+        return rows[0][0] if rows else None
 
     def mark_creating(self, claim: Claim) -> None:
         now = time.time()

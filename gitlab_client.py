@@ -1,0 +1,199 @@
+"""The GitLab REST client for writing to issues (two-way sync), through python-gitlab.
+
+Shaped like ``trello.Client``: one session, every call paced and sent through ``_call``, which
+retries what is safe to retry (429 always; 5xx, timeouts and connection errors only for calls
+that can be repeated without harm) and maps every failure to the small ``GitLabError`` family
+in one place. The token travels in the ``PRIVATE-TOKEN`` header only; messages name the call,
+never a URL with a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import gitlab as python_gitlab
+import requests
+import stamina
+
+from trello import LocalWindow
+
+log = logging.getLogger("gitlab2trello.gitlab")
+
+
+class GitLabError(Exception):
+    """A GitLab call failed; ``status`` is the HTTP status or None when none came back."""
+
+    transient = False
+
+    def __init__(self, what: str, status: int | None, detail: str = "") -> None:
+        self.what = what
+        self.status = status
+        self.detail = detail
+        where = f"HTTP {status}" if status else "no answer"
+        super().__init__(f"GitLab {what}: {where}" + (f": {detail}" if detail else ""))
+
+
+class GitLabAuthError(GitLabError):
+    """401 or 403: the token is wrong, expired, lacks the ``api`` scope, or has no access."""
+
+
+class GitLabNotFound(GitLabError):
+    """404: no such project or issue, or the token cannot see it."""
+
+
+class GitLabBadRequest(GitLabError):
+    """400, 409, 422: GitLab refused the values."""
+
+
+class GitLabRateLimited(GitLabError):
+    transient = True
+
+
+class GitLabUnavailable(GitLabError):
+    """5xx, a timeout or no connection."""
+
+    transient = True
+
+
+def _translate(what: str, exc: Exception) -> GitLabError:
+    status = getattr(exc, "response_code", None)
+    message = str(getattr(exc, "error_message", "") or "")[:300]
+    if status in (401, 403):
+        if status == 403 and "scope" in message:
+            message = "the token cannot write: it needs the api scope (read_api is read-only)"
+        elif status == 401:
+            message = "the token is missing, wrong, revoked or expired"
+        return GitLabAuthError(what, status, message)
+    if status == 404:
+        return GitLabNotFound(what, status, "no such project or issue, or the token cannot see it")
+    if status == 429:
+        return GitLabRateLimited(what, status, message)
+    if status is not None and status >= 500:
+        return GitLabUnavailable(what, status, message)
+    if status is not None:
+        return GitLabBadRequest(what, status, message)
+    return GitLabUnavailable(what, None, type(exc).__name__)
+
+
+class Client:
+    """The GitLab calls two-way sync makes: who am I, users, issues, notes."""
+
+    def __init__(
+        self,
+        url: str,
+        private_token: str,
+        *,
+        timeout: float = 10.0,
+        max_requests_per_minute: int = 600,
+        retry_attempts: int = 4,
+        retry_timeout: float = 30.0,
+        on_call: Callable[[str, int | None], None] | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.gl = python_gitlab.Gitlab(
+            self.url, private_token=private_token, timeout=timeout, retry_transient_errors=False
+        )
+        self.limit = max_requests_per_minute
+        self._window = LocalWindow()
+        self.retry_attempts = retry_attempts
+        self.retry_timeout = retry_timeout
+        self.on_call = on_call
+        self._users: dict[str, int | None] = {}
+        self._me: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- the one place
+
+    def _call(self, what: str, func: Any, *args: Any, idempotent: bool = True, **kw: Any) -> Any:
+        def retry_safe(exc: Exception) -> bool:
+            return isinstance(exc, GitLabRateLimited) or (
+                idempotent and isinstance(exc, GitLabUnavailable)
+            )
+
+        for attempt in stamina.retry_context(
+            on=retry_safe,
+            attempts=self.retry_attempts,
+            timeout=self.retry_timeout,
+            wait_initial=0.5,
+            wait_max=8.0,
+        ):
+            with attempt:
+                return self._send(what, func, *args, **kw)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send(self, what: str, func: Any, *args: Any, **kw: Any) -> Any:
+        while (wait := self._window.take(self.limit, 60.0)) > 0:
+            time.sleep(wait)
+        started = time.monotonic()
+        status: int | None = 200
+        try:
+            return func(*args, **kw)
+        except (python_gitlab.exceptions.GitlabError, requests.RequestException, OSError) as exc:
+            error = _translate(what, exc)
+            status = error.status
+            raise error from None
+        finally:
+            elapsed = (time.monotonic() - started) * 1000
+            log.info("gitlab %s -> %s in %.0f ms", what, status or "no answer", elapsed)
+            if self.on_call is not None:
+                self.on_call(what.split()[0], status)
+
+    # ---------------------------------------------------------------- calls
+
+    def me(self) -> dict[str, Any]:
+        """The token's own user ``{id, username, name}`` (asked once, then kept)."""
+        with self._lock:
+            if self._me is None:
+                self._me = dict(self._call("GET /user", self.gl.http_get, "/user"))
+            return self._me
+
+    def token_scopes(self) -> list[str]:
+        """The token's scopes (``api`` is needed to write)."""
+        data = self._call(
+            "GET /personal_access_tokens/self", self.gl.http_get, "/personal_access_tokens/self"
+        )
+        return [str(scope) for scope in data.get("scopes") or ()]
+
+    def user_id(self, username: str) -> int | None:
+        """The id of the GitLab user of that name, or None (kept per name)."""
+        key = username.lower()
+        with self._lock:
+            if key in self._users:
+                return self._users[key]
+        found = self._call(
+            "GET /users", self.gl.http_get, "/users", query_data={"username": username}
+        )
+        user_id = int(found[0]["id"]) if isinstance(found, list) and found else None
+        with self._lock:
+            self._users[key] = user_id
+        return user_id
+
+    def issue(self, project_id: int, iid: int) -> dict[str, Any]:
+        path = f"/projects/{project_id}/issues/{iid}"
+        return dict(self._call(f"GET {path}", self.gl.http_get, path))
+
+    def update_issue(self, project_id: int, iid: int, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """One ``PUT`` with every change (repeating it changes nothing more)."""
+        path = f"/projects/{project_id}/issues/{iid}"
+        return dict(self._call(f"PUT {path}", self.gl.http_put, path, post_data=dict(fields)))
+
+    def add_note(self, project_id: int, iid: int, body: str) -> dict[str, Any]:
+        """A comment; not repeated blindly on a lost answer (``has_note`` tells)."""
+        path = f"/projects/{project_id}/issues/{iid}/notes"
+        return dict(
+            self._call(
+                f"POST {path}", self.gl.http_post, path, post_data={"body": body}, idempotent=False
+            )
+        )
+
+    def has_note(self, project_id: int, iid: int, needle: str) -> bool:
+        """True when a comment of the issue contains ``needle`` (after a lost answer)."""
+        path = f"/projects/{project_id}/issues/{iid}/notes"
+        notes = self._call(
+            f"GET {path}", self.gl.http_get, path, query_data={"per_page": 100, "sort": "desc"}
+        )
+        return any(needle in str(note.get("body") or "") for note in notes or ())

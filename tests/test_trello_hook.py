@@ -1,0 +1,164 @@
+"""Unit tests of the Trello side: the webhook's signature and parsing (trello_hook.py) and the
+rules of the Trello -> GitLab direction (sync_back.py), on Trello's realistic deliveries."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from pathlib import Path
+
+import pytest
+
+import sync_back
+import trello_hook
+from config import Routing
+from events import CardAction
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "trello"
+VECTORS = json.loads((FIXTURES / "signatures.json").read_text(encoding="utf-8"))
+SECRET, CALLBACK = VECTORS["secret"], VECTORS["callback_url"]
+TODO, DOING, DONE = (
+    "5f0c1a2b3c4d5e6f70819202",
+    "5f0c1a2b3c4d5e6f70819203",
+    "5f0c1a2b3c4d5e6f70819204",
+)
+ROUTING = Routing(list_id=TODO, done_list_id=DONE, lists={"doing": DOING}, members={"bob.l": "bob"})
+ALL = frozenset(("lists", "members", "comments", "due"))
+
+
+def body(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def action(name: str) -> CardAction:
+    parsed = trello_hook.parse(body(name))
+    assert isinstance(parsed, CardAction), parsed
+    return parsed
+
+
+@pytest.mark.parametrize("vector", VECTORS["vectors"], ids=lambda v: v["file"])
+def test_trellos_signatures_verify(vector):
+    """Every stored delivery verifies with the X-Trello-Webhook header Trello sent for it."""
+    headers = {"X-Trello-Webhook": vector["x_trello_webhook"]}
+    trello_hook.verify(headers, body(vector["file"]), secret=SECRET, callback_url=CALLBACK)
+
+
+def test_a_wrong_missing_or_other_url_signature_is_refused():
+    """A changed body, a missing header, another secret or another callback URL: Unauthorized."""
+    good = {"X-Trello-Webhook": VECTORS["vectors"][0]["x_trello_webhook"]}
+    raw = body(VECTORS["vectors"][0]["file"])
+    for headers, payload, secret, url in (
+        (good, raw + b" ", SECRET, CALLBACK),
+        ({}, raw, SECRET, CALLBACK),
+        (good, raw, "other-secret", CALLBACK),
+        (good, raw, SECRET, CALLBACK + "/"),
+    ):
+        with pytest.raises(trello_hook.Unauthorized):
+            trello_hook.verify(headers, payload, secret=secret, callback_url=url)
+
+
+def test_non_ascii_text_signed_as_a_binary_string_verifies():
+    """Text past U+00FF signed by its low 8 bits (Trello's binary string) still verifies."""
+    raw = json.dumps({"action": {"data": {"text": "done ✓ 完成"}}}, ensure_ascii=False).encode()
+    low = bytes(ord(c) & 0xFF for c in raw.decode() + CALLBACK)
+    signature = base64.b64encode(hmac.new(SECRET.encode(), low, hashlib.sha1).digest()).decode()
+    trello_hook.verify({"X-Trello-Webhook": signature}, raw, secret=SECRET, callback_url=CALLBACK)
+
+
+def test_each_delivery_parses_into_what_it_changed():
+    """Moves, archiving, comments, members and due dates parse into their concern."""
+    moved = action("02-card-moved-to-done.json")
+    assert (moved.what, moved.list_id, moved.list_before) == ("list", DONE, DOING)
+    assert (moved.username, moved.full_name) == ("alice", "Alice Moreau")
+    assert action("03-card-archived.json").closed is True
+    comment = action("04-comment.json")
+    assert comment.what == "comment" and "Grüße" in (comment.text or "")
+    added = action("05-member-added.json")
+    assert (added.what, added.target_username) == ("members", "bob")
+    due = action("07-due-set.json")
+    assert (due.what, due.due) == ("due", "2026-12-15T12:00:00.000Z")
+    assert action("10-card-renamed.json").renamed
+    assert CardAction.from_json(moved.to_json()) == moved
+
+
+def test_unsynced_and_malformed_deliveries():
+    """A card created, an unknown type: ignored; not JSON or no action: BadDelivery."""
+    created = trello_hook.parse(body("08-card-created-by-person.json"))
+    assert isinstance(created, trello_hook.Ignored)
+    other = {"action": {"id": "a", "type": "addChecklistToCard", "data": {}}}
+    assert isinstance(trello_hook.parse(json.dumps(other).encode()), trello_hook.Ignored)
+    for bad in (b"{", b"[]", b'{"action": 3}', b'{"action": {"type": "updateCard"}}'):
+        with pytest.raises(trello_hook.BadDelivery):
+            trello_hook.parse(bad)
+
+
+def test_the_bridges_own_actions_and_foreign_boards_are_ignored():
+    """The bridge's member, an unmanaged board, a rename, an unsynced concern: not synced."""
+    by_bridge = action("09-card-moved-by-bridge.json")
+    own = by_bridge.member_id
+    boards = frozenset({by_bridge.board_id})
+    assert trello_hook.ignored_reason(by_bridge, ALL, own_member=own, boards=boards)
+    moved = action("02-card-moved-to-done.json")
+    assert trello_hook.ignored_reason(moved, ALL, own_member=own, boards=boards) is None
+    assert trello_hook.ignored_reason(moved, ALL, own_member=own, boards=frozenset({"x"}))
+    assert trello_hook.ignored_reason(moved, frozenset({"due"}), own_member=own, boards=None)
+    renamed = action("10-card-renamed.json")
+    assert "stay GitLab's" in trello_hook.ignored_reason(renamed, ALL, own_member=own, boards=None)
+
+
+def test_moves_close_reopen_and_swap_mapped_labels():
+    """Done closes; out of Done reopens; a [lists] list swaps labels; the new-card list clears."""
+    assert sync_back.plan(action("02-card-moved-to-done.json"), ROUTING, ALL).fields == {
+        "state_event": "close"
+    }
+    moved = action("01-card-moved-to-doing.json")
+    assert sync_back.plan(moved, ROUTING, ALL).fields == {"add_labels": "doing"}
+    back = CardAction(**{**moved.__dict__, "list_id": TODO, "list_before": DONE})
+    assert sync_back.plan(back, ROUTING, ALL).fields == {
+        "state_event": "reopen",
+        "remove_labels": "doing",
+    }
+    nowhere = CardAction(**{**moved.__dict__, "list_id": "f" * 24})
+    assert sync_back.plan(nowhere, ROUTING, ALL).empty
+
+
+def test_archive_closes_only_without_a_done_list():
+    """Archiving closes the issue when there is no done list; with one, it changes nothing."""
+    archived = action("03-card-archived.json")
+    assert sync_back.plan(archived, ROUTING, ALL).empty
+    no_done = Routing(list_id=TODO, done_list_id="")
+    assert sync_back.plan(archived, no_done, ALL).fields == {"state_event": "close"}
+    back = CardAction(**{**archived.__dict__, "closed": False})
+    assert sync_back.plan(back, no_done, ALL).fields == {"state_event": "reopen"}
+
+
+def test_members_comments_and_due_dates():
+    """Members map through [members] backwards; comments name the person; due is a UTC date."""
+    assert sync_back.plan(action("05-member-added.json"), ROUTING, ALL).assign == "bob.l"
+    assert sync_back.plan(action("06-member-removed.json"), ROUTING, ALL).unassign
+    note = sync_back.plan(action("04-comment.json"), ROUTING, ALL).note or ""
+    assert note.startswith("**Alice Moreau** (@alice) on Trello: Reproduced on staging")
+    assert "(https://trello.com/c/cR7tZ1pQ)" in note
+    assert sync_back.plan(action("07-due-set.json"), ROUTING, ALL).fields == {
+        "due_date": "2026-12-15"
+    }
+    assert sync_back.due_date("2026-12-31T23:30:00-02:00") == "2027-01-01"
+    assert sync_back.due_date(None) == ""
+    assert sync_back.plan(action("07-due-set.json"), ROUTING, frozenset({"lists"})).empty
+
+
+def test_what_the_card_shows_after_a_person_changed_it():
+    """card_after records the new list (known lists only), due and members, with their times."""
+    applied = {"list": DOING, "closed": False, "due": None, "members": {}}
+    done = sync_back.card_after(action("02-card-moved-to-done.json"), applied, ROUTING)
+    assert done["list"] == DONE and done["changed_at"]["lists"] > 0
+    nowhere = CardAction(**{**action("01-card-moved-to-doing.json").__dict__, "list_id": "f" * 24})
+    assert sync_back.card_after(nowhere, applied, ROUTING)["list"] == DOING
+    due = sync_back.card_after(action("07-due-set.json"), applied, ROUTING)
+    assert due["due"] == "2026-12-15"
+    member = sync_back.card_after(action("05-member-added.json"), applied, ROUTING)
+    assert member["members"] == {"bob": "5b0b00000000000000000002"}
+    assert sync_back.newer_on_card(done, done["changed_at"]["lists"] - 1) == {"lists"}
+    assert sync_back.newer_on_card(done, done["changed_at"]["lists"] + 1) == set()
