@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 import threading
 import time
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import config as config_module
+import gitlab_client
 import observe
 import reconcile
 import store as store_module
@@ -208,10 +210,115 @@ def cmd_check(args: argparse.Namespace) -> int:
         check(f"GitLab {cfg.gitlab['url']}", lambda: f"token of {api.whoami()}")
         for ref in cfg.gitlab["projects"]:
             check(f"GitLab project {ref}", lambda ref=ref: api.project(ref)["web_url"])
+    if cfg.twoway["enabled"]:
+        _check_two_way(cfg, check, problems)
     if problems:
         print(f"\n{len(problems)} problem(s) found")
         return 1
     print("\nall well")
+    return 0
+
+
+def _check_two_way(
+    cfg: config_module.Config, check: Callable[[str, Callable[[], str]], None], problems: list[str]
+) -> None:
+    """Two-way sync: a webhook active for each board, the bridge's own identities on both
+    sides, and a GitLab token that may write."""
+    url = cfg.twoway["callback_url"]
+    if cfg.trello_configured:
+        client = trello_client(cfg)
+        check("two-way: the bridge's Trello member", lambda: f"@{client.me()['username']}")
+        try:
+            boards = _managed_boards(cfg, client)
+            hooks = client.webhooks()
+        except trello.TrelloError as exc:
+            problems.append(f"two-way: webhooks: {trello_words(exc)}")
+            print(f"problem: {problems[-1]}")
+            boards, hooks = [], []
+        for board in boards:
+
+            def active(board: str = board) -> str:
+                found = [
+                    h for h in hooks if h.get("idModel") == board and h.get("callbackURL") == url
+                ]
+                if not found:
+                    raise Failure(f"no webhook to {url}: run ./gitlab2trello trello-webhook")
+                if not found[0].get("active"):
+                    raise Failure(f"webhook {found[0]['id']} is not active (Trello turned it off)")
+                return f"webhook {found[0]['id']} to {url} is active"
+
+            check(f"two-way: board {board}", active)
+    writer = _gitlab_writer(cfg)
+    if writer is None:
+        problems.append("two-way: set [gitlab] url and private_token (a token with api scope)")
+        print(f"problem: {problems[-1]}")
+        return
+    check("two-way: the bridge's GitLab user", lambda: f"@{writer.me()['username']}")
+
+    def can_write() -> str:
+        scopes = writer.token_scopes()
+        if "api" not in scopes:
+            raise Failure(
+                f"the GitLab token has scopes {', '.join(scopes) or 'none'}: writing to issues "
+                "needs the api scope (read_api is read-only); make a token with api"
+            )
+        return "the token has the api scope"
+
+    check("two-way: GitLab token can write", can_write)
+
+
+def _gitlab_writer(cfg: config_module.Config) -> gitlab_client.Client | None:
+    if not cfg.gitlab["url"] or not cfg.gitlab["private_token"]:
+        return None
+    return gitlab_client.Client(
+        cfg.gitlab["url"], cfg.gitlab["private_token"], retry_attempts=2, retry_timeout=10
+    )
+
+
+def _managed_boards(cfg: config_module.Config, client: trello.Client) -> list[str]:
+    boards = trello.BoardCache(client)
+    lists = {
+        list_id
+        for routing in cfg.routings()
+        for list_id in (routing.list_id, routing.done_list_id, *routing.lists.values())
+        if list_id
+    }
+    return sorted({boards.board_of(list_id) for list_id in lists})
+
+
+def cmd_trello_webhook(args: argparse.Namespace) -> int:
+    """Register (or list, or remove) the Trello webhook of every configured board."""
+    cfg = load_config()
+    url = cfg.twoway["callback_url"]
+    if not url:
+        raise Failure("set [twoway] callback_url: the public URL of POST /trello", USAGE_ERROR)
+    client = trello_client(cfg)
+    boards = _managed_boards(cfg, client)
+    hooks = [h for h in client.webhooks() if h.get("callbackURL") == url]
+    if args.list:
+        for hook in hooks:
+            state = "active" if hook.get("active") else "INACTIVE"
+            failures = hook.get("consecutiveFailures") or 0
+            print(f"{hook['id']}  board {hook['idModel']}  {state}  {failures} failure(s)  {url}")
+        missing = [b for b in boards if b not in {h.get("idModel") for h in hooks}]
+        for board in missing:
+            print(f"(none)                    board {board}  not registered")
+        return 1 if missing else 0
+    if args.remove:
+        for hook in hooks:
+            client.delete_webhook(hook["id"])
+            print(f"removed {hook['id']} (board {hook['idModel']})")
+        print(f"{len(hooks)} webhook(s) removed")
+        return 0
+    for board in boards:
+        found = [h for h in hooks if h.get("idModel") == board]
+        if found:
+            print(f"board {board}: webhook {found[0]['id']} already there, kept")
+            continue
+        made = client.create_webhook(url, board, "gitlab2trello")
+        print(f"board {board}: webhook {made['id']} registered -> {url}")
+    store = open_store(cfg)
+    store.set_meta("trello_boards", json.dumps(boards))
     return 0
 
 
@@ -459,6 +566,10 @@ def parser() -> argparse.ArgumentParser:
     backfill.add_argument("--state", choices=("opened", "closed", "all"), default="opened")
     backfill.add_argument("--dry-run", action="store_true", help="print what would change only")
     add("reconcile", cmd_reconcile, "one reconciliation pass over [gitlab] projects now")
+    hook = add("trello-webhook", cmd_trello_webhook, "register the Trello webhook of each board")
+    what = hook.add_mutually_exclusive_group()
+    what.add_argument("--list", action="store_true", help="show the webhooks instead")
+    what.add_argument("--remove", action="store_true", help="delete them instead")
     move = add("migrate", cmd_migrate, "copy the SQLite file's state into PostgreSQL")
     move.add_argument("--to", required=True, metavar="URL", help="postgresql://user:pw@host/db")
     return top
