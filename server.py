@@ -100,6 +100,8 @@ def make_app(
     types = tuple(cfg.gitlab["types"])
     confidential = cfg.gitlab["confidential"]
     instance = cfg.instance
+    # what keys an issue whose payload names no instance (GitLab before 7.4)
+    instance_url = cfg.gitlab["url"] or None
     known = _Learned(store)
     app = Bottle(catchall=True, autojson=False)
 
@@ -143,7 +145,7 @@ def make_app(
             log.warning("delivery refused: %s (from %s)", exc, request.remote_addr)
             return _text(401, str(exc))
         try:
-            parsed = gitlab_io.parse_delivery(headers, body, types=types)
+            parsed = gitlab_io.parse_delivery(headers, body, types=types, instance=instance_url)
         except gitlab_io.BadDelivery as exc:
             log.warning("delivery rejected: %s", exc)
             return _text(400, str(exc))

@@ -436,7 +436,7 @@ class Worker:
             )
             return card_id
         board_id = self.boards.board_of(spec.list_id)
-        if card_id is None:
+        if card_id is None and sync.issue_link(event):
             # a create may have been sent before (by a worker that died, here or elsewhere):
             # then the board is read again rather than trusted from the cache, once that
             # create can no longer be on its way
