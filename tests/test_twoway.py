@@ -1,0 +1,318 @@
+"""Two-way sync end to end: people act on the Trello emulator's board and in the GitLab
+emulator, both fire their real webhooks at the real service (uWSGI, worker mule), and the
+bridge writes to the other side; on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import FIXTURES, ROOT, Service, wait_for
+from tests.gitlab_emulator import GitLabEmulator
+
+pytestmark = pytest.mark.integration
+
+PROJECT = 42
+
+
+@pytest.fixture
+def gitlab():
+    """The GitLab emulator: project acme/widget-api (42), people alice and bob."""
+    with GitLabEmulator() as emulator:
+        emulator.add_project("acme/widget-api", project_id=PROJECT)
+        for name in ("alice", "bob"):
+            emulator.add_user(name, name.title())
+        yield emulator
+
+
+@pytest.fixture
+def board(trello):
+    """The board of the trello fixture plus a "Doing" and a "Someday" list, alice and bob."""
+    trello.doing_id = trello.add_list(trello.board_id, "Doing")["id"]
+    trello.someday_id = trello.add_list(trello.board_id, "Someday")["id"]
+    trello.add_member(trello.board_id, "alice", "Alice Moreau")
+    trello.add_member(trello.board_id, "bob", "Bob Lindqvist")
+    return trello
+
+
+def store_meta(service: Service, key: str) -> str | None:
+    from store.postgres import PostgresStore
+    from store.sqlite import SqliteStore
+
+    database = service.settings.get("store", {}).get("database")
+    db = PostgresStore(database) if database else SqliteStore(service.database)
+    try:
+        return db.meta(key)
+    finally:
+        db.close()
+
+
+def run_cli(service: Service, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GITLAB2TRELLO_CONFIG": str(service.config_path)},
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make_bridge(request, make_service, board, gitlab) -> Callable[..., Service]:
+    """Start the bridge with two-way sync on, its GitLab hook and its Trello webhook."""
+
+    def make(**sections: dict[str, Any]) -> Service:
+        settings: dict[str, dict[str, Any]] = {
+            "trello": {"secret": board.secret, "done_list_id": board.done_list_id},
+            "twoway": {"enabled": "true", "callback_url": "http://x", "actions_interval": 3600},
+            "gitlab": {"url": gitlab.url, "private_token": gitlab.token},
+            "lists": {"doing": board.doing_id},
+        }
+        if request.param == "postgresql":
+            settings["store"] = {"database": request.getfixturevalue("pg_url")}
+        for section, values in sections.items():
+            settings.setdefault(section, {}).update(values)
+        service = make_service(settings, start=False)
+        service.settings["twoway"]["callback_url"] = service.url + "/trello"
+        service.start()
+        gitlab.add_hook(PROJECT, service.url + "/issue")
+        registered = run_cli(service, "trello-webhook")
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+        wait_for(lambda: store_meta(service, "trello_member_id"), 20, "the worker learned")
+        return service
+
+    return make
+
+
+def card_of(trello, iid: int) -> dict | None:
+    found = [c for c in trello.cards() if c["name"].startswith(f"[ ISSUE {iid} ]")]
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
+def settle(service: Service, trello, gitlab) -> None:
+    """Until both sides' webhooks are delivered and the bridge's queue is empty, twice over."""
+    for _ in range(3):
+        trello.wait_webhooks_idle(20)
+        gitlab.wait_hooks_idle(20)
+        wait_for(lambda: service.health()["pending"] == 0, 30, "queue empty")
+        time.sleep(0.3)
+
+
+def open_issue(service, trello, gitlab, title: str) -> tuple[int, dict]:
+    iid = gitlab.as_user("alice").open_issue(PROJECT, title)["iid"]
+    card = wait_for(lambda: card_of(trello, iid), 20, f"card of #{iid}")
+    settle(service, trello, gitlab)
+    return iid, card
+
+
+def issue(gitlab, iid: int) -> dict:
+    return gitlab.issue(PROJECT, iid)
+
+
+def trello_calls(trello) -> list:
+    return list(trello.calls)
+
+
+def test_a_card_moved_to_done_costs_one_gitlab_write_and_no_trello_call(make_bridge, board, gitlab):
+    """A person moving a card to Done: 1 GitLab write, 0 Trello calls, then 10 quiet seconds."""
+    service = make_bridge()
+    iid, card = open_issue(service, board, gitlab, "Login times out")
+    board.reset_calls()
+    gitlab.reset_calls()
+    board.as_person("alice").move_card(card["id"], board.done_list_id)
+    wait_for(lambda: issue(gitlab, iid)["state"] == "closed", 20, "issue closed")
+    settle(service, board, gitlab)
+    time.sleep(10)
+    assert gitlab.count_writes() == 1, gitlab.writes
+    assert trello_calls(board) == []
+    assert card_of(board, iid)["idList"] == board.done_list_id
+
+
+def test_an_issue_closed_in_gitlab_costs_one_trello_call_and_no_gitlab_write(
+    make_bridge, board, gitlab
+):
+    """A person closing the issue: 1 Trello call, 0 GitLab writes, then 10 quiet seconds."""
+    service = make_bridge()
+    iid, _card = open_issue(service, board, gitlab, "Export as CSV")
+    board.reset_calls()
+    gitlab.reset_calls()
+    gitlab.as_user("bob").close_issue(PROJECT, iid)
+    wait_for(lambda: card_of(board, iid)["idList"] == board.done_list_id, 20, "card in Done")
+    settle(service, board, gitlab)
+    time.sleep(10)
+    assert [(c.method, c.path.split("/")[2]) for c in trello_calls(board)] == [("PUT", "cards")]
+    assert gitlab.count_writes() == 0, gitlab.writes
+
+
+def test_every_row_of_the_table_reaches_gitlab(make_bridge, board, gitlab):
+    """Lists, done and back, members, a non-ASCII comment and due dates flow to the issue."""
+    service = make_bridge()
+    iid, card = open_issue(service, board, gitlab, "Every row")
+    alice = board.as_person("alice")
+
+    def step(act: Callable[[], Any], check: Callable[[dict], bool], what: str) -> None:
+        act()
+        wait_for(lambda: check(issue(gitlab, iid)), 20, what)
+        settle(service, board, gitlab)
+
+    def labels(found: dict) -> set[str]:
+        return {(x if isinstance(x, str) else x["name"]) for x in found.get("labels") or ()}
+
+    step(
+        lambda: alice.move_card(card["id"], board.doing_id),
+        lambda i: "doing" in labels(i),
+        "+doing",
+    )
+    step(
+        lambda: alice.move_card(card["id"], board.list_id),
+        lambda i: not labels(i),
+        "labels cleared",
+    )
+    before = gitlab.count_writes()
+    alice.move_card(card["id"], board.someday_id)  # a list the configuration does not name
+    settle(service, board, gitlab)
+    assert gitlab.count_writes() == before and issue(gitlab, iid)["state"] == "opened"
+    assert card_of(board, iid)["idList"] == board.someday_id  # and the card stays there
+    step(
+        lambda: alice.move_card(card["id"], board.done_list_id),
+        lambda i: i["state"] == "closed",
+        "closed",
+    )
+    step(
+        lambda: alice.move_card(card["id"], board.list_id),
+        lambda i: i["state"] == "opened",
+        "reopened",
+    )
+
+    def assignees(found: dict) -> list[str]:
+        return [a["username"] for a in found.get("assignees") or ()]
+
+    step(lambda: alice.add_member(card["id"], "bob"), lambda i: assignees(i) == ["bob"], "assigned")
+    step(lambda: alice.remove_member(card["id"], "bob"), lambda i: assignees(i) == [], "unassigned")
+    step(
+        lambda: alice.comment(card["id"], "Fix in progress – Grüße ✓"),
+        lambda i: any(
+            "on Trello: Fix in progress – Grüße ✓" in n["body"] for n in gitlab.notes(PROJECT, iid)
+        ),
+        "comment copied",
+    )
+    (note,) = [n for n in gitlab.notes(PROJECT, iid) if "on Trello" in n["body"]]
+    assert note["body"].startswith("**Alice Moreau** (@alice) on Trello: ")
+    assert "https://trello.com/c/" in note["body"]
+    step(
+        lambda: alice.set_due(card["id"], "2026-12-15T12:00:00.000Z"),
+        lambda i: i["due_date"] == "2026-12-15",
+        "due set",
+    )
+    step(lambda: alice.set_due(card["id"], None), lambda i: i["due_date"] is None, "due cleared")
+    # the comment the bridge wrote in GitLab never comes back to the card
+    assert [c["text"] for c in board.comments(card["id"])] == ["Fix in progress – Grüße ✓"]
+    assert service.health()["dead_letters"] == 0
+
+
+def test_archiving_closes_when_there_is_no_done_list(make_bridge, board, gitlab):
+    """Without a done list, archiving the card closes the issue and un-archiving reopens it."""
+    service = make_bridge(trello={"done_list_id": ""})
+    iid, card = open_issue(service, board, gitlab, "Archive me")
+    board.as_person("bob").archive(card["id"])
+    wait_for(lambda: issue(gitlab, iid)["state"] == "closed", 20, "closed")
+    settle(service, board, gitlab)
+    board.as_person("bob").unarchive(card["id"])
+    wait_for(lambda: issue(gitlab, iid)["state"] == "opened", 20, "reopened")
+
+
+def test_the_newer_change_wins_when_both_sides_changed(make_bridge, board, gitlab):
+    """Card moved to Done, then the issue labelled in GitLab later: GitLab wins, card in line."""
+    service = make_bridge()
+    iid, card = open_issue(service, board, gitlab, "Both sides")
+    service.stop()
+    service.settings.setdefault("worker", {})["enabled"] = "false"  # taken, not yet applied
+    service.start()
+    board.as_person("bob").move_card(card["id"], board.done_list_id)
+    board.wait_webhooks_idle(20)
+    time.sleep(0.05)
+    gitlab.as_user("alice").edit_issue(PROJECT, iid, labels=["doing"])
+    gitlab.wait_hooks_idle(20)
+    assert service.health()["pending"] == 2
+    service.stop()
+    service.settings["worker"]["enabled"] = "true"
+    board.reset_calls()
+    gitlab.reset_calls()
+    service.start()
+    settle(service, board, gitlab)
+    assert card_of(board, iid)["idList"] == board.doing_id  # the later change (GitLab's)
+    assert issue(gitlab, iid)["state"] == "opened"
+    assert gitlab.count_writes() == 0
+    moves = [c for c in board.calls if c.method == "PUT"]
+    assert len(moves) == 1, moves  # brought in line once
+
+
+def test_moves_while_the_bridge_is_down_reach_gitlab_by_catching_up(make_bridge, board, gitlab):
+    """Cards moved while the bridge is down (Trello gives up on it): read back, applied once."""
+    service = make_bridge(twoway={"actions_interval": 1})
+    first, card1 = open_issue(service, board, gitlab, "Moved while down 1")
+    second, card2 = open_issue(service, board, gitlab, "Moved while down 2")
+    service.kill()
+    board.as_person("alice").move_card(card1["id"], board.done_list_id)
+    board.as_person("alice").move_card(card2["id"], board.doing_id)
+    board.wait_webhooks_idle(30)  # delivered, failed, retried, dropped
+    assert all(d.status != 202 for d in board.webhook_deliveries[-2:])
+    gitlab.reset_calls()
+    service.start()
+    wait_for(lambda: issue(gitlab, first)["state"] == "closed", 30, "first closed")
+    wait_for(lambda: "doing" in str(issue(gitlab, second)["labels"]), 30, "second labelled")
+    settle(service, board, gitlab)
+    time.sleep(2.5)  # two more passes over the board's actions
+    settle(service, board, gitlab)
+    assert gitlab.count_writes() == 2
+
+
+def sign(secret: str, body: bytes, url: str) -> str:
+    return base64.b64encode(
+        hmac.new(secret.encode(), body + url.encode(), hashlib.sha1).digest()
+    ).decode()
+
+
+def test_the_webhook_refuses_bad_signatures_and_ignores_what_it_does_not_manage(
+    make_bridge, board, gitlab
+):
+    """Bad or missing signature 401; a replayed action 200 duplicate; a foreign board ignored."""
+    service = make_bridge()
+    url = service.url + "/trello"
+    assert requests.head(url, timeout=5).status_code == 200
+    body = (FIXTURES / "trello" / "02-card-moved-to-done.json").read_bytes()
+    for headers in ({}, {"X-Trello-Webhook": "bm9wZQ=="}):
+        answer = requests.post(url, data=body, headers=headers, timeout=5)
+        assert answer.status_code == 401 and "X-Trello-Webhook" in answer.text
+    signed = {"X-Trello-Webhook": sign(board.secret, body, url)}
+    foreign = requests.post(url, data=body, headers=signed, timeout=5)
+    assert foreign.status_code == 200 and foreign.json()["status"] == "ignored"
+    assert "not one the bridge manages" in foreign.json()["reason"]
+    bad = b'{"action": 1}'
+    answer = requests.post(
+        url, data=bad, headers={"X-Trello-Webhook": sign(board.secret, bad, url)}, timeout=5
+    )
+    assert answer.status_code == 400
+    iid, card = open_issue(service, board, gitlab, "Replayed")
+    board.as_person("alice").move_card(card["id"], board.doing_id)
+    board.wait_webhooks_idle(20)
+    (delivery,) = [d for d in board.webhook_deliveries if d.status == 202][-1:]
+    assert board.redeliver(delivery.action_id) == 1  # Trello delivers the same action again
+    board.wait_webhooks_idle(20)
+    assert [d.status for d in board.webhook_deliveries if d.action_id == delivery.action_id][
+        -1
+    ] == 200  # answered "duplicate"
+    settle(service, board, gitlab)
+    assert len([w for w in gitlab.writes if w.method == "PUT"]) == 1
