@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import subprocess
 import sys
@@ -316,3 +317,39 @@ def test_the_webhook_refuses_bad_signatures_and_ignores_what_it_does_not_manage(
     ] == 200  # answered "duplicate"
     settle(service, board, gitlab)
     assert len([w for w in gitlab.writes if w.method == "PUT"]) == 1
+
+
+def test_kill_9_during_a_burst_of_card_moves_applies_each_once(make_bridge, board, gitlab):
+    """kill -9 of the bridge during a burst of moves and comments: each reaches GitLab once."""
+    service = make_bridge(twoway={"actions_interval": 1})
+    cards = [open_issue(service, board, gitlab, f"Burst {n}") for n in range(8)]
+    alice = board.as_person("alice")
+    for number, (_iid, card) in enumerate(cards):
+        alice.move_card(card["id"], board.done_list_id)
+        alice.comment(card["id"], f"moved {number}")
+        if number == 3:
+            time.sleep(0.2)
+            service.kill()  # web and worker at once; Trello's deliveries to it now fail
+    service.start()
+    for iid, _card in cards:
+        wait_for(lambda iid=iid: issue(gitlab, iid)["state"] == "closed", 40, f"#{iid} closed")
+        wait_for(
+            lambda iid=iid: any(
+                "on Trello: moved" in n["body"] for n in gitlab.notes(PROJECT, iid)
+            ),
+            40,
+            f"#{iid} comment",
+        )
+    settle(service, board, gitlab)
+    time.sleep(2.5)  # more passes over the board's actions find nothing new
+    settle(service, board, gitlab)
+    for number, (iid, _card) in enumerate(cards):
+        copied = [n for n in gitlab.notes(PROJECT, iid) if "on Trello" in n["body"]]
+        assert len(copied) == 1 and f"moved {number}" in copied[0]["body"], copied
+        closes = [
+            r
+            for r in gitlab.hook_requests
+            if r.action == "close" and json.loads(r.body)["object_attributes"]["iid"] == iid
+        ]
+        assert len(closes) == 1, f"#{iid} closed {len(closes)} times"
+    assert service.health()["dead_letters"] == 0
