@@ -353,3 +353,55 @@ def test_kill_9_during_a_burst_of_card_moves_applies_each_once(make_bridge, boar
         ]
         assert len(closes) == 1, f"#{iid} closed {len(closes)} times"
     assert service.health()["dead_letters"] == 0
+
+
+def test_a_read_only_gitlab_token_makes_a_dead_letter_in_plain_words(make_bridge, board, gitlab):
+    """A token without the api scope: the move becomes a dead letter saying what to fix."""
+    gitlab.add_token("glpat-read-only", scopes=("read_api",))
+    service = make_bridge(gitlab={"private_token": "glpat-read-only"})
+    iid, card = open_issue(service, board, gitlab, "Read only")
+    board.as_person("alice").move_card(card["id"], board.done_list_id)
+    wait_for(lambda: service.health()["dead_letters"] == 1, 20, "a dead letter")
+    status = run_cli(service, "status")
+    assert "needs the api scope" in status.stdout, status.stdout
+    assert issue(gitlab, iid)["state"] == "opened"
+    check = run_cli(service, "check")
+    assert check.returncode == 1
+    assert "writing to issues needs the api scope" in check.stdout
+
+
+def test_gitlab_failing_for_a_while_is_retried_until_it_answers(make_bridge, board, gitlab):
+    """GitLab answering 503 and resetting connections: the move is written once it recovers."""
+    service = make_bridge(worker={"retry_initial_wait": 0.2, "retry_max_wait": 0.5})
+    iid, card = open_issue(service, board, gitlab, "Flaky GitLab")
+    gitlab.fault("status", status=503, count=6)
+    gitlab.fault("reset", count=2)
+    board.as_person("alice").move_card(card["id"], board.done_list_id)
+    wait_for(lambda: issue(gitlab, iid)["state"] == "closed", 40, "closed in the end")
+    settle(service, board, gitlab)
+    assert service.health()["dead_letters"] == 0
+
+
+def test_check_and_the_webhook_commands(make_bridge, board, gitlab):
+    """check passes with two-way set up; trello-webhook reuses, lists and removes webhooks."""
+    service = make_bridge()
+    check = run_cli(service, "check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    for line in (
+        "ok: two-way: the bridge's Trello member: @",
+        f"ok: two-way: board {board.board_id}: webhook",
+        "ok: two-way: the bridge's GitLab user: @bridge",
+        "ok: two-way: GitLab token can write: the token has the api scope",
+    ):
+        assert line in check.stdout, check.stdout
+    again = run_cli(service, "trello-webhook")
+    assert again.returncode == 0 and "already there, kept" in again.stdout
+    assert len(board.webhooks()) == 1
+    listed = run_cli(service, "trello-webhook", "--list")
+    assert listed.returncode == 0 and "active" in listed.stdout
+    assert service.url + "/trello" in listed.stdout
+    removed = run_cli(service, "trello-webhook", "--remove")
+    assert removed.returncode == 0 and "1 webhook(s) removed" in removed.stdout
+    assert board.webhooks() == []
+    missing = run_cli(service, "check")
+    assert missing.returncode == 1 and "run ./gitlab2trello trello-webhook" in missing.stdout
