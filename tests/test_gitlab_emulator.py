@@ -1,13 +1,19 @@
-"""The GitLab emulator serves the REST subset python-gitlab uses for backfill and reconciling."""
+"""The GitLab emulator serves the REST subset python-gitlab uses for backfill, reconciling and
+writing back, and fires GitLab's webhooks for every change."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
 import importlib.util
+import json
 import re
+import socket
 import sys
+import threading
+import time
 import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -15,7 +21,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.gitlab_emulator import COUNT_LIMIT, GitLabEmulator
+from tests.gitlab_emulator import COUNT_LIMIT, GitLabEmulator, sign_webhook
 
 ISO_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 PAGE_HEADERS = ("X-Page", "X-Per-Page", "X-Next-Page", "X-Prev-Page", "X-Total", "X-Total-Pages")
@@ -97,6 +103,12 @@ def many(emu, project):
 def get(emu: GitLabEmulator, path: str, token: str | None = None, **params: Any):
     headers = {"PRIVATE-TOKEN": emu.token if token is None else token}
     return requests.get(emu.url + "/api/v4" + path, params=params, headers=headers, timeout=5)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def client(emu: GitLabEmulator, **kwargs: Any):
@@ -394,3 +406,861 @@ def test_huge_listings_drop_the_totals(emu, project):
     assert "X-Total" not in r.headers and "X-Total-Pages" not in r.headers
     assert (r.headers["X-Next-Page"], r.headers["X-Prev-Page"]) == ("3", "1")
     assert set(r.links) == {"prev", "next", "first"}
+
+
+# ----------------------------------------------------------------------------- two-way sync
+
+FIXTURES = Path(__file__).parent / "fixtures"
+HOOK_HEADERS = (
+    "Content-Type",
+    "User-Agent",
+    "Idempotency-Key",
+    "X-Gitlab-Event",
+    "X-Gitlab-Webhook-UUID",
+    "X-Gitlab-Instance",
+    "X-Gitlab-Event-UUID",
+    "webhook-id",
+    "webhook-timestamp",
+)
+SIGNING_TOKEN = "whsec_ufl7s1jGsMaqRBiiyqVp8URYjKKVbqalZHKdtRAcnnU="
+
+
+class Receiver:
+    """A webhook endpoint on loopback: records each POST and answers ``status`` (after
+    ``delay`` seconds)."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.delay = 0.0
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self._cond = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver._cond:
+                    receiver.received.append((dict(self.headers), body))
+                    receiver._cond.notify_all()
+                if receiver.delay:
+                    time.sleep(receiver.delay)
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/gitlab"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def payloads(self) -> list[dict[str, Any]]:
+        return [json.loads(body) for _, body in self.received]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    hook_receiver = Receiver()
+    yield hook_receiver
+    hook_receiver.close()
+
+
+@pytest.fixture
+def hooked(emu, project, receiver):
+    """Project 42 with one hook to ``receiver`` and issue 1 (labelled bug, assigned to alice,
+    due at the end of May)."""
+    emu.add_user("bridge-bot", "Trello Bridge Bot")
+    emu.add_user("alice", "Alice Liddell")
+    emu.add_user("bob", "Bob Ross")
+    emu.add_hook(42, receiver.url, "hook-secret")
+    emu.add_issue(
+        42,
+        title="Export drops rows",
+        description="Card: https://trello.com/c/AbC123xy/7-export",
+        labels=["bug"],
+        assignees=["alice"],
+        due_date="2026-05-31",
+    )
+    return emu
+
+
+def api(emu: GitLabEmulator, method: str, path: str, token: str | None = None, **kwargs: Any):
+    headers = {"PRIVATE-TOKEN": emu.token if token is None else token}
+    return requests.request(method, emu.api_url + path, headers=headers, timeout=5, **kwargs)
+
+
+def delivered(emu: GitLabEmulator, receiver: Receiver) -> list[dict[str, Any]]:
+    assert emu.wait_hooks_idle(10)
+    return receiver.payloads
+
+
+def user_id(emu: GitLabEmulator, username: str) -> int:
+    return emu.user(username)["id"]
+
+
+WRITES = [
+    ({"state_event": "close"}, "close", {"closed_at", "state_id", "updated_at"}),
+    ({"add_labels": "doing,bug"}, "update", {"labels", "updated_at", "updated_by_id"}),
+    ({"remove_labels": "bug"}, "update", {"labels", "updated_at", "updated_by_id"}),
+    ({"labels": "doing,p1"}, "update", {"labels", "updated_at", "updated_by_id"}),
+    ({"assignee_ids": "ALICE,BOB"}, "update", {"assignees", "updated_at", "updated_by_id"}),
+    ({"assignee_ids": []}, "update", {"assignees", "updated_at", "updated_by_id"}),
+    ({"assignee_ids": 0}, "update", {"assignees", "updated_at", "updated_by_id"}),
+    ({"due_date": "2026-06-30"}, "update", {"due_date", "updated_at", "updated_by_id"}),
+    ({"due_date": ""}, "update", {"due_date", "updated_at", "updated_by_id"}),
+    (
+        {"title": "Export drops unicode rows"},
+        "update",
+        {"title", "last_edited_at", "last_edited_by_id", "updated_at", "updated_by_id"},
+    ),
+    (
+        {"description": "New text"},
+        "update",
+        {"description", "last_edited_at", "last_edited_by_id", "updated_at", "updated_by_id"},
+    ),
+]
+
+
+WRITE_IDS = [
+    "close", "add_labels", "remove_labels", "replace_labels", "assign", "unassign_list",
+    "unassign_zero", "due_date", "clear_due_date", "title", "description",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("params", "action", "changed"), WRITES, ids=WRITE_IDS)
+def test_each_issue_write_changes_it_and_fires_one_webhook(
+    hooked, receiver, params, action, changed
+):
+    """A PUT changes the issue, answers it, and fires one Issue Hook: its action, changes, user."""
+    emu = hooked
+    emu.add_token("glpat-bot", user="bridge-bot")
+    ids = {"ALICE": str(user_id(emu, "alice")), "BOB": str(user_id(emu, "bob"))}
+    if isinstance(params.get("assignee_ids"), str):
+        params = {"assignee_ids": ",".join(ids[n] for n in params["assignee_ids"].split(","))}
+    before = emu.issue(42, 1)
+    r = api(emu, "PUT", "/projects/42/issues/1", token="glpat-bot", json=params)
+    assert r.status_code == 200, r.text
+    after = r.json()
+    assert after == emu.issue(42, 1) and after["updated_at"] > before["updated_at"]
+    assert ISO_MS.match(after["updated_at"])
+    expected = {
+        "close": lambda i: i["state"] == "closed" and i["closed_by"]["username"] == "bridge-bot",
+        "add_labels": lambda i: i["labels"] == ["bug", "doing"],
+        "remove_labels": lambda i: i["labels"] == [],
+        "labels": lambda i: i["labels"] == ["doing", "p1"],
+        "assignee_ids": lambda i: (
+            [a["username"] for a in i["assignees"]]
+            == (["alice", "bob"] if isinstance(params["assignee_ids"], str) else [])
+        ),
+        "due_date": lambda i: i["due_date"] == (params["due_date"] or None),
+        "title": lambda i: i["title"] == "Export drops unicode rows",
+        "description": lambda i: i["description"] == "New text",
+    }
+    name = "close" if "state_event" in params else next(iter(params))
+    assert expected[name](after), after
+    (payload,) = delivered(emu, receiver)
+    assert emu.hook_deliveries == [("Issue Hook", action, 200)]
+    assert payload["object_attributes"]["action"] == action
+    assert set(payload["changes"]) == changed
+    assert payload["user"]["username"] == "bridge-bot"
+    assert payload["user"]["id"] == user_id(emu, "bridge-bot")
+    attrs = payload["object_attributes"]
+    assert attrs["updated_at"] == after["updated_at"] == payload["changes"]["updated_at"]["current"]
+    assert payload["changes"]["updated_at"]["previous"] == before["updated_at"]
+    assert attrs["state"] == after["state"] and attrs["iid"] == 1 and attrs["id"] == after["id"]
+    assert [lab["title"] for lab in attrs["labels"]] == after["labels"]
+    assert attrs["assignee_ids"] == [a["id"] for a in after["assignees"]]
+    assert attrs["due_date"] == after["due_date"]
+    assert attrs["url"] == f"{emu.url}/acme/widget-api/-/issues/1"
+    if "labels" in payload["changes"]:
+        titles = [
+            [lab["title"] for lab in payload["changes"]["labels"][k]]
+            for k in ("previous", "current")
+        ]
+        assert titles == [before["labels"], after["labels"]]
+    if "assignees" in payload["changes"]:
+        names = [
+            [u["username"] for u in payload["changes"]["assignees"][k]]
+            for k in ("previous", "current")
+        ]
+        assert names == [[a["username"] for a in x["assignees"]] for x in (before, after)]
+    assert ("assignees" in payload) == bool(after["assignees"])
+
+
+def test_reopen_and_a_put_that_closes_and_edits(hooked, receiver):
+    """state_event=reopen fires reopen; a PUT that also edits fires close, then update."""
+    emu = hooked
+    r = api(
+        emu, "PUT", "/projects/42/issues/1", json={"state_event": "close", "add_labels": "done"}
+    )
+    assert r.status_code == 200 and r.json()["state"] == "closed" and "done" in r.json()["labels"]
+    r = api(emu, "PUT", "/projects/42/issues/1", json={"state_event": "reopen"})
+    assert r.status_code == 200 and r.json()["state"] == "opened"
+    assert r.json()["closed_at"] is None and r.json()["closed_by"] is None
+    payloads = delivered(emu, receiver)
+    assert [p["object_attributes"]["action"] for p in payloads] == ["close", "update", "reopen"]
+    reopen = payloads[2]
+    assert reopen["changes"]["state_id"] == {"previous": 2, "current": 1}
+    assert reopen["changes"]["closed_at"]["current"] is None
+    stamps = [p["object_attributes"]["updated_at"] for p in payloads]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 3  # each event is newer
+    assert {p["user"]["username"] for p in payloads} == {"bridge"}
+
+
+def test_nothing_changes_nothing_fires(hooked, receiver):
+    """Closing a closed issue or setting the labels it has answers 200 and fires no webhook."""
+    emu = hooked
+    emu.update_issue(42, 1, state="closed")
+    before = emu.issue(42, 1)
+    for params in ({"state_event": "close"}, {"labels": "bug"}, {"title": before["title"]}):
+        r = api(emu, "PUT", "/projects/42/issues/1", json=params)
+        assert r.status_code == 200 and r.json() == before
+    assert emu.wait_hooks_idle(5) and receiver.received == [] and emu.hook_deliveries == []
+
+
+def test_form_and_json_bodies_both_write(hooked, receiver):
+    """Form-encoded bodies (assignee_ids[] or a comma list) write like JSON ones."""
+    emu = hooked
+    alice, bob = user_id(emu, "alice"), user_id(emu, "bob")
+    form = [("assignee_ids[]", str(alice)), ("assignee_ids[]", str(bob)), ("add_labels", "p1")]
+    r = api(emu, "PUT", "/projects/42/issues/1", data=form)
+    assert r.status_code == 200, r.text
+    assert [a["username"] for a in r.json()["assignees"]] == ["alice", "bob"]
+    assert r.json()["labels"] == ["bug", "p1"]
+    r = api(emu, "PUT", "/projects/42/issues/1", data={"assignee_ids": str(bob), "due_date": ""})
+    assert [a["username"] for a in r.json()["assignees"]] == ["bob"]
+    r = api(emu, "PUT", "/projects/42/issues/1", params={"due_date": "2026-07-01"})
+    assert r.json()["due_date"] == "2026-07-01"  # query parameters count too
+    r = api(emu, "PUT", "/projects/42/issues/1", json={"due_date": None})
+    assert r.json()["due_date"] is None
+    assert [w.params for w in emu.writes] == [
+        {"assignee_ids": [str(alice), str(bob)], "add_labels": "p1"},
+        {"assignee_ids": str(bob), "due_date": ""},
+        {"due_date": "2026-07-01"},
+        {"due_date": None},
+    ]
+    assert [d.action for d in (emu.wait_hooks_idle(5) and emu.hook_deliveries)] == ["update"] * 4
+
+
+def test_add_labels_creates_a_missing_project_label(hooked, receiver):
+    """add_labels makes a label the project lacks; the webhook carries its full label form."""
+    emu = hooked
+    api(emu, "PUT", "/projects/42/issues/1", json={"add_labels": "needs review"})
+    (payload,) = delivered(emu, receiver)
+    label = next(lab for lab in payload["labels"] if lab["title"] == "needs review")
+    assert set(label) == {
+        "id", "title", "color", "project_id", "created_at", "updated_at", "template",
+        "description", "type", "group_id",
+    }  # fmt: skip
+    assert label["project_id"] == 42 and label["type"] == "ProjectLabel"
+    listed = get(emu, "/projects/42/issues/1", with_labels_details="true").json()
+    assert listed["labels"] == ["bug", "needs review"]
+
+
+def test_create_issue_answers_201_and_fires_open(hooked, receiver):
+    """POST /issues answers the new issue with the next iid and fires open by the token's user."""
+    emu = hooked
+    body = {
+        "title": "From a card",
+        "description": "https://trello.com/c/ZZ",
+        "labels": "doing",
+        "assignee_ids": [user_id(emu, "bob")],
+        "due_date": "2026-08-01",
+    }
+    r = api(emu, "POST", "/projects/42/issues", json=body)
+    assert r.status_code == 201, r.text
+    new = r.json()
+    assert new["iid"] == 2 and new["author"]["username"] == "bridge" and new["labels"] == ["doing"]
+    assert new["due_date"] == "2026-08-01" and new["assignees"][0]["username"] == "bob"
+    (payload,) = delivered(emu, receiver)
+    assert payload["object_attributes"]["action"] == "open"
+    assert payload["object_attributes"]["iid"] == 2 and payload["user"]["username"] == "bridge"
+    assert {"title", "description", "iid", "id", "author_id", "due_date"} <= set(payload["changes"])
+    assert payload["changes"]["iid"] == {"previous": None, "current": 2}
+    assert api(emu, "POST", "/projects/42/issues", json={"description": "x"}).json() == {
+        "error": "title is missing"
+    }
+
+
+def test_bad_values_are_400_and_unknown_targets_404(hooked, receiver):
+    """Bad values answer 400 (error or message), unknown project or issue 404; nothing fires."""
+    emu = hooked
+    cases = [
+        ({"state_event": "shut"}, {"error": "state_event does not have a valid value"}),
+        ({"title": ""}, {"message": {"title": ["can't be blank"]}}),
+        ({"title": "x" * 256}, {"message": {"title": ["is too long (maximum is 255 characters)"]}}),
+        ({"due_date": "30/06/2026"}, {"message": {"due_date": ["is not a valid date"]}}),
+        ({"assignee_ids": "one,two"}, {"error": "assignee_ids is invalid"}),
+        ({"confidential": "maybe"}, {"error": "confidential is invalid"}),
+    ]
+    for params, answer in cases:
+        r = api(emu, "PUT", "/projects/42/issues/1", json=params)
+        assert (r.status_code, r.json()) == (400, answer), params
+    r = api(emu, "PUT", "/projects/42/issues/1", json={"colour": "red"})
+    assert r.status_code == 400 and "at least one parameter must be provided" in r.json()["error"]
+    bad_json = requests.put(
+        emu.api_url + "/projects/42/issues/1",
+        data=b"{nope",
+        headers={"PRIVATE-TOKEN": emu.token, "Content-Type": "application/json"},
+        timeout=5,
+    )
+    assert bad_json.status_code == 400 and "message" in bad_json.json()
+    assert api(emu, "PUT", "/projects/42/issues/9", json={"title": "x"}).json() == {
+        "message": "404 Not found"
+    }
+    assert api(emu, "PUT", "/projects/9/issues/1", json={"title": "x"}).status_code == 404
+    assert api(emu, "POST", "/projects/42/issues/9/notes", json={"body": "x"}).status_code == 404
+    assert api(emu, "POST", "/projects/42/issues/1/notes", json={"body": " "}).status_code == 400
+    assert emu.issue(42, 1)["title"] == "Export drops rows"
+    assert emu.wait_hooks_idle(5) and receiver.received == []
+
+
+def test_note_is_created_listed_and_fires_a_note_hook(hooked, receiver):
+    """POST /notes answers the note and fires one Note Hook shaped like fixture 07."""
+    emu = hooked
+    before = emu.issue(42, 1)
+    r = api(emu, "POST", "/projects/42/issues/1/notes", json={"body": "From Trello: <ok> & go"})
+    assert r.status_code == 201, r.text
+    note = r.json()
+    assert set(note) >= {
+        "id", "body", "author", "created_at", "updated_at", "system", "noteable_id",
+        "noteable_type", "noteable_iid", "internal",
+    }  # fmt: skip
+    assert (note["body"], note["author"]["username"], note["system"]) == (
+        "From Trello: <ok> & go",
+        "bridge",
+        False,
+    )
+    assert (note["noteable_type"], note["noteable_iid"], note["noteable_id"]) == (
+        "Issue",
+        1,
+        before["id"],
+    )
+    after = emu.issue(42, 1)
+    assert after["user_notes_count"] == 1 and after["updated_at"] == note["created_at"]
+    listed = get(emu, "/projects/42/issues/1/notes", sort="asc").json()
+    assert [n["id"] for n in listed] == [note["id"]]
+    assert get(emu, f"/projects/42/issues/1/notes/{note['id']}").json() == listed[0]
+    (payload,) = delivered(emu, receiver)
+    assert emu.hook_deliveries == [("Note Hook", "create", 200)]
+    headers, body = receiver.received[0]
+    assert b"\\u003cok\\u003e \\u0026 go" in body  # GitLab's JSON escapes <, > and &
+    fixture = json.loads((FIXTURES / "07-note-on-issue.json").read_text())
+    assert set(payload) == set(fixture)
+    for part in ("object_attributes", "project", "issue", "user", "repository"):
+        assert set(payload[part]) == set(fixture[part]), part
+    attrs = payload["object_attributes"]
+    assert (attrs["note"], attrs["noteable_type"], attrs["action"]) == (
+        note["body"],
+        "Issue",
+        "create",
+    )
+    assert attrs["url"] == f"{emu.url}/acme/widget-api/-/issues/1#note_{note['id']}"
+    assert payload["issue"]["iid"] == 1 and payload["user"]["username"] == "bridge"
+    internal = api(emu, "POST", "/projects/42/issues/1/notes", json={"body": "x", "internal": True})
+    assert internal.json()["internal"] is True
+    assert emu.wait_hooks_idle(5)
+    assert emu.hook_deliveries[-1] == ("Confidential Note Hook", "create", 200)
+    assert receiver.payloads[-1]["event_type"] == "confidential_note"
+
+
+def test_issue_hook_payload_is_shaped_like_the_fixtures(hooked, receiver):
+    """The Issue Hook body has fixture 01's keys at every level; assignees only when assigned."""
+    emu = hooked
+    emu.as_user("dortiz").edit_issue(42, 1, assignees=[])
+    emu.as_user("dortiz").edit_issue(42, 1, assignees=["alice", "bob"], due_date="2026-06-30")
+    unassigned, assigned = delivered(emu, receiver)
+    fixture = json.loads((FIXTURES / "01-issue-open.json").read_text())
+    assert set(unassigned) == set(fixture) and "assignees" not in unassigned
+    assert set(assigned) == set(fixture) | {"assignees"}
+    for part in ("object_attributes", "project", "user", "repository"):
+        assert set(assigned[part]) == set(fixture[part]), part
+    assert set(assigned["labels"][0]) == set(fixture["labels"][0])
+    assert assigned["object_kind"] == assigned["event_type"] == "issue"
+    assert assigned["object_attributes"]["type"] == "Issue"
+    assert assigned["object_attributes"]["state_id"] == 1
+    assert [u["username"] for u in assigned["assignees"]] == ["alice", "bob"]
+    assert set(assigned["assignees"][0]) == {"id", "name", "username", "avatar_url", "email"}
+    assert assigned["changes"]["due_date"] == {"previous": "2026-05-31", "current": "2026-06-30"}
+    assert assigned["project"]["path_with_namespace"] == "acme/widget-api"
+    assert assigned["project"]["web_url"] == f"{emu.url}/acme/widget-api"
+
+
+def test_webhook_headers_and_standard_webhooks_signature(emu, project, receiver):
+    """Each delivery carries GitLab's headers; keys are per delivery; the signature verifies."""
+    emu.add_hook(42, receiver.url, "tok-1", signing_token=SIGNING_TOKEN)
+    emu.add_hook(42, receiver.url)  # the same URL twice fires twice, with different keys
+    emu.as_user("dortiz").open_issue(42, "First")
+    emu.as_user("dortiz").close_issue(42, 1)
+    assert len(delivered(emu, receiver)) == 4
+    sent = [headers for headers, _ in receiver.received]
+    for headers in sent:
+        assert set(HOOK_HEADERS) <= set(headers)
+        assert headers["Content-Type"] == "application/json"
+        assert headers["User-Agent"] == "GitLab/19.1.0-ee"
+        assert headers["X-Gitlab-Event"] == "Issue Hook"
+        assert headers["X-Gitlab-Instance"] == emu.url
+        assert headers["webhook-id"] == headers["Idempotency-Key"]
+    with_token = [h for h in sent if "X-Gitlab-Token" in h]
+    assert len(with_token) == 2 and {h["X-Gitlab-Token"] for h in with_token} == {"tok-1"}
+    assert len({h["Idempotency-Key"] for h in sent}) == 4
+    assert len({h["X-Gitlab-Webhook-UUID"] for h in sent}) == 4
+    assert len({h["X-Gitlab-Event-UUID"] for h in sent}) == 2  # one per event, shared
+    for headers, body in receiver.received:
+        if "webhook-signature" in headers:
+            expected = sign_webhook(
+                SIGNING_TOKEN, headers["webhook-id"], headers["webhook-timestamp"], body
+            )
+            assert headers["webhook-signature"] == expected
+    assert sum("webhook-signature" in h for h in sent) == 2
+
+
+def test_signature_matches_the_fixture_test_vector():
+    """sign_webhook reproduces the real signature recorded for fixture 01."""
+    headers = json.loads((FIXTURES / "headers.json").read_text())
+    expected = headers["01-issue-open.json"]
+    body = (FIXTURES / "01-issue-open.json").read_bytes()
+    signature = sign_webhook(
+        headers["_signing_token"], expected["webhook-id"], expected["webhook-timestamp"], body
+    )
+    assert signature == expected["webhook-signature"]
+
+
+def test_a_persons_changes_fire_with_that_person_as_user(hooked, receiver):
+    """as_user changes state as the API would, fires with user = the person, makes no API call."""
+    emu = hooked
+    lee = emu.as_user("lpark")
+    emu.reset_calls()
+    lee.close_issue(42, 1)
+    lee.reopen_issue(42, 1)
+    edited = lee.edit_issue(42, 1, title="Renamed", labels=["bug", "ux"], due_date="2026-06-30")
+    assert edited["title"] == "Renamed" and edited["labels"] == ["bug", "ux"]
+    note = lee.comment(42, 1, "Looks fixed")
+    opened = lee.open_issue(42, "By hand", "text", labels=["p2"], assignees=["bob"])
+    assert note["author"]["username"] == "lpark" and opened["author"]["username"] == "lpark"
+    assert opened["iid"] == 2 and emu.issue(42, 2)["labels"] == ["p2"]
+    payloads = delivered(emu, receiver)
+    assert [(d.event, d.action) for d in emu.hook_deliveries] == [
+        ("Issue Hook", "close"),
+        ("Issue Hook", "reopen"),
+        ("Issue Hook", "update"),
+        ("Note Hook", "create"),
+        ("Issue Hook", "open"),
+    ]
+    assert {p["user"]["username"] for p in payloads} == {"lpark"}
+    assert payloads[0]["user"]["id"] == user_id(emu, "lpark")
+    assert set(payloads[2]["changes"]) >= {"title", "labels", "due_date"}
+    assert emu.issue(42, 1)["closed_by"] is None
+    assert emu.calls == [] and emu.count_writes() == 0
+    with pytest.raises(KeyError):
+        lee.close_issue(42, 99)
+    with pytest.raises(ValueError):
+        lee.edit_issue(42, 1, title="")
+    with pytest.raises(ValueError):
+        lee.edit_issue(42, 1, due_date="soon")
+    with pytest.raises(TypeError):
+        lee.edit_issue(42, 1, colour="red")
+
+
+def test_seeding_stays_silent(hooked, receiver):
+    """add_issue and update_issue change state without a webhook, as a lost delivery."""
+    emu = hooked
+    emu.add_issue(42, title="Quiet")
+    emu.update_issue(42, 1, state="closed")
+    assert emu.wait_hooks_idle(5) and receiver.received == []
+
+
+def test_confidential_issues_and_hook_triggers(emu, project, receiver):
+    """Confidential issues go to Confidential Issue Hook; unticked triggers get nothing."""
+    emu.add_hook(42, receiver.url, issues_events=True, note_events=False)
+    other = Receiver()
+    try:
+        emu.add_hook(42, other.url, issues_events=True, confidential_issues_events=False)
+        dana = emu.as_user("dortiz")
+        dana.open_issue(42, "Leak", confidential=True)
+        dana.comment(42, 1, "hush")
+        assert emu.wait_hooks_idle(5)
+        assert [json.loads(b)["event_type"] for _, b in receiver.received] == ["confidential_issue"]
+        assert receiver.received[0][0]["X-Gitlab-Event"] == "Confidential Issue Hook"
+        payload = receiver.payloads[0]
+        assert payload["object_kind"] == "issue"
+        assert payload["changes"]["confidential"] == {"previous": False, "current": True}
+        assert [json.loads(b)["event_type"] for _, b in other.received] == ["confidential_note"]
+        dana.open_issue(42, "Outage", issue_type="incident")
+        assert emu.wait_hooks_idle(5)
+        incident = receiver.payloads[-1]
+        assert (incident["object_kind"], incident["object_attributes"]["type"]) == (
+            "work_item",
+            "Incident",
+        )
+    finally:
+        other.close()
+
+
+def test_gitlab_never_retries_a_failed_delivery(hooked, receiver):
+    """A 500, a timeout or a refused connection is one attempt, logged with its status or 0."""
+    emu = hooked
+    emu.hook_timeout = 0.3
+    receiver.status = 500
+    emu.as_user("lpark").close_issue(42, 1)
+    assert emu.wait_hooks_idle(5)
+    receiver.status, receiver.delay = 200, 1.0
+    emu.as_user("lpark").reopen_issue(42, 1)
+    assert emu.wait_hooks_idle(5)
+    receiver.delay = 0.0
+    dead = f"http://127.0.0.1:{free_port()}/nobody"
+    emu.remove_hook(emu.hooks(42)[0]["id"])
+    emu.add_hook(42, dead)
+    emu.as_user("lpark").close_issue(42, 1)
+    assert emu.wait_hooks_idle(5)
+    assert emu.hook_deliveries == [
+        ("Issue Hook", "close", 500),
+        ("Issue Hook", "reopen", 0),
+        ("Issue Hook", "close", 0),
+    ]
+    assert len(receiver.received) == 2  # no second attempt of either
+    assert all(r.error for r in emu.hook_requests[1:])
+
+
+def test_resend_keeps_the_idempotency_key(hooked, receiver):
+    """Resend request sends the same body and Idempotency-Key with a new Webhook-UUID."""
+    emu = hooked
+    emu.as_user("lpark").close_issue(42, 1)
+    assert emu.wait_hooks_idle(5)
+    emu.resend_hook(0)
+    assert emu.wait_hooks_idle(5)
+    (h1, b1), (h2, b2) = receiver.received
+    assert b1 == b2 and h1["Idempotency-Key"] == h2["Idempotency-Key"]
+    assert h1["X-Gitlab-Webhook-UUID"] != h2["X-Gitlab-Webhook-UUID"]
+
+
+def test_test_button_sends_the_latest_issue_as_open(hooked, receiver):
+    """The hook's Test button sends the most recent issue with action open and no changes."""
+    emu = hooked
+    emu.add_issue(42, title="Newest")
+    emu.test_hook(emu.hooks(42)[0]["id"])
+    (payload,) = delivered(emu, receiver)
+    assert payload["object_attributes"]["title"] == "Newest"
+    assert (payload["object_attributes"]["action"], payload["changes"]) == ("open", {})
+
+
+def test_held_deliveries_can_arrive_out_of_order(hooked, receiver):
+    """Paused deliveries resume in reverse: the receiver sees close before the update."""
+    emu = hooked
+    emu.pause_hooks()
+    emu.as_user("lpark").edit_issue(42, 1, title="Edited")
+    emu.as_user("lpark").close_issue(42, 1)
+    assert not emu.wait_hooks_idle(0.2)
+    emu.resume_hooks("reverse")
+    actions = [p["object_attributes"]["action"] for p in delivered(emu, receiver)]
+    assert actions == ["close", "update"]
+
+
+def test_auto_disable_drops_events_after_four_failures(hooked, receiver):
+    """An auto_disable hook stops after the 4th failure in a row; events meanwhile are dropped."""
+    emu = hooked
+    emu.remove_hook(emu.hooks(42)[0]["id"])
+    hook = emu.add_hook(42, receiver.url, auto_disable=True)
+    receiver.status = 502
+    lee = emu.as_user("lpark")
+    for _ in range(3):
+        lee.close_issue(42, 1)
+        lee.reopen_issue(42, 1)
+    assert emu.wait_hooks_idle(5)
+    assert len(receiver.received) == 4
+    assert [r.dropped for r in emu.hook_requests] == [False] * 4 + [True] * 2
+    view = emu.hooks(42)[0]
+    assert view["id"] == hook["id"] and view["alert_status"] == "temporarily_disabled"
+    assert view["disabled_until"] is not None
+
+
+def test_read_api_token_is_refused_every_write(hooked, receiver):
+    """A read_api token reads, but each write answers 403 insufficient_scope and changes nothing."""
+    emu = hooked
+    emu.add_token("glpat-read", user="bridge-bot", scopes=("read_api",))
+    refusal = {
+        "error": "insufficient_scope",
+        "error_description": "The request requires higher privileges than provided by the "
+        "access token.",
+        "scope": "api",
+    }
+    assert api(emu, "GET", "/projects/42/issues/1", token="glpat-read").status_code == 200
+    assert api(emu, "GET", "/user", token="glpat-read").json()["username"] == "bridge-bot"
+    writes = [
+        ("PUT", "/projects/42/issues/1", {"state_event": "close"}),
+        ("POST", "/projects/42/issues", {"title": "x"}),
+        ("POST", "/projects/42/issues/1/notes", {"body": "x"}),
+        ("DELETE", "/projects/42/issues/1", None),
+    ]
+    for method, path, body in writes:
+        r = api(emu, method, path, token="glpat-read", json=body)
+        assert (r.status_code, r.json()) == (403, refusal), (method, path)
+    gl = python_gitlab.Gitlab(emu.url, private_token="glpat-read", timeout=5)
+    issue = gl.projects.get(42).issues.get(1)
+    issue.state_event = "close"
+    with pytest.raises(python_gitlab.exceptions.GitlabUpdateError) as info:
+        issue.save()
+    assert info.value.response_code == 403
+    assert emu.issue(42, 1)["state"] == "opened" and len(emu.issues(42)) == 1
+    assert emu.count_writes() == 5
+    assert emu.wait_hooks_idle(5) and receiver.received == []
+    emu.add_token("glpat-user", scopes=["read_user"])
+    assert api(emu, "GET", "/user", token="glpat-user").status_code == 200
+    denied = api(emu, "GET", "/projects/42", token="glpat-user")
+    assert denied.status_code == 403 and denied.json()["scope"] == "api read_api"
+
+
+def test_revoked_and_expired_tokens_are_401_invalid_token(emu, project):
+    """A revoked or expired token answers GitLab's 401 invalid_token with its description."""
+    emu.add_token("glpat-old", expires_at="2020-01-01")
+    emu.add_token("glpat-gone")
+    emu.revoke_token("glpat-gone")
+    expired = api(emu, "GET", "/user", token="glpat-old")
+    assert expired.status_code == 401 and expired.json() == {
+        "error": "invalid_token",
+        "error_description": "Token is expired. You can either do re-authorization or token "
+        "refresh.",
+    }
+    revoked = api(emu, "GET", "/personal_access_tokens/self", token="glpat-gone")
+    assert revoked.status_code == 401
+    assert revoked.json()["error_description"].startswith("Token was revoked")
+    assert 'error="invalid_token"' in revoked.headers["WWW-Authenticate"]
+    assert emu.token_info("glpat-gone")["active"] is False
+
+
+def test_token_self_users_and_user_answer(emu, project):
+    """/personal_access_tokens/self, /users?username= and /user describe the token and users."""
+    emu.add_user("bridge-bot", "Trello Bridge Bot")
+    emu.add_token("glpat-bot", user="bridge-bot", scopes=("api", "read_user"))
+    me = api(emu, "GET", "/personal_access_tokens/self", token="glpat-bot").json()
+    assert set(me) >= {
+        "id", "name", "revoked", "created_at", "scopes", "user_id", "active", "expires_at",
+    }  # fmt: skip
+    bot = api(emu, "GET", "/user", token="glpat-bot").json()
+    assert (me["scopes"], me["active"], me["revoked"]) == (["api", "read_user"], True, False)
+    assert me["user_id"] == bot["id"] and bot["username"] == "bridge-bot"
+    assert bot["name"] == "Trello Bridge Bot"
+    found = api(emu, "GET", "/users", params={"username": "Bridge-Bot"}).json()
+    assert [u["username"] for u in found] == ["bridge-bot"]
+    assert set(found[0]) >= {"id", "username", "name", "state", "avatar_url", "web_url"}
+    assert found[0]["web_url"] == f"{emu.url}/bridge-bot" and found[0]["state"] == "active"
+    assert api(emu, "GET", "/users", params={"username": "nobody"}).json() == []
+    assert api(emu, "GET", f"/users/{bot['id']}").json()["username"] == "bridge-bot"
+    assert api(emu, "GET", "/users/999").status_code == 404
+    assert emu.token_info()["user_id"] == api(emu, "GET", "/user").json()["id"]
+
+
+def test_search_in_description_finds_an_issue_by_url(hooked):
+    """search=URL with in=description finds the issue whose description holds it, only that."""
+    emu = hooked
+    emu.add_issue(42, title="https://trello.com/c/AbC123xy in the title", description="none")
+    emu.add_issue(42, title="Other", description="https://trello.com/c/Zz9")
+
+    def found(**params: Any) -> list[int]:
+        return sorted(i["iid"] for i in get(emu, "/projects/42/issues", **params).json())
+
+    url = "https://trello.com/c/AbC123xy"
+    assert found(search=url, **{"in": "description"}) == [1]
+    assert found(search=url, **{"in": "title"}) == [2]
+    assert found(search=url) == [1, 2]
+    assert found(search="EXPORT drops", **{"in": "title"}) == [1]  # every word, any case
+    assert found(search="trello.com/c/nothing", **{"in": "description"}) == []
+    project = client(emu).projects.get(42)
+    issues = project.issues.list(search=url, get_all=True, **{"in": "description"})
+    assert [i.iid for i in issues] == [1]
+
+
+def test_python_gitlab_does_each_write(hooked, receiver):
+    """python-gitlab closes, reopens, labels, assigns, dates, comments and creates here."""
+    emu = hooked
+    gl = client(emu)
+    assert gl.http_get("/personal_access_tokens/self")["scopes"] == ["api"]
+    assert [u.username for u in gl.users.list(username="alice")] == ["alice"]
+    issue = gl.projects.get(42).issues.get(1)
+    issue.state_event = "close"
+    issue.save()
+    assert issue.state == "closed"
+    issue.state_event = "reopen"
+    issue.save()
+    issue.labels = ["bug", "doing"]
+    issue.save()
+    issue.assignee_ids = [user_id(emu, "bob")]
+    issue.due_date = "2026-06-30"
+    issue.save()
+    assert [a["username"] for a in issue.assignees] == ["bob"] and issue.due_date == "2026-06-30"
+    issue.due_date = None
+    issue.save()
+    project = gl.projects.get(42, lazy=True)
+    project.issues.update(1, {"add_labels": "p1", "remove_labels": "bug"})
+    note = issue.notes.create({"body": "Mirrored from Trello"})
+    assert note.author["username"] == "bridge" and note.body == "Mirrored from Trello"
+    assert [n.body for n in issue.notes.list(get_all=True) if not n.system] == [note.body]
+    created = project.issues.create({"title": "New from Trello", "labels": ["doing"]})
+    assert created.iid == 2 and created.labels == ["doing"]
+    final = emu.issue(42, 1)
+    assert final["state"] == "opened" and final["labels"] == ["doing", "p1"]
+    assert final["due_date"] is None
+    assert emu.count_writes() == 8
+    assert emu.wait_hooks_idle(5)
+    assert [d.action for d in emu.hook_deliveries] == [
+        "close", "reopen", "update", "update", "update", "update", "create", "open",
+    ]  # fmt: skip
+    assert {p["user"]["username"] for p in receiver.payloads} == {"bridge"}
+
+
+def test_count_writes_counts_non_get_calls(hooked):
+    """count_writes counts every API call that is not GET or HEAD, refused ones included."""
+    emu = hooked
+    get(emu, "/projects/42/issues")
+    api(emu, "PUT", "/projects/42/issues/1", json={"title": "New"})
+    api(emu, "PUT", "/projects/42/issues/1", token="wrong", json={"title": "New"})
+    api(emu, "POST", "/projects/42/issues/1/notes", json={"body": "hi"})
+    assert emu.count_writes() == 3 and len(emu.calls) == 4
+    assert [(w.method, w.status) for w in emu.writes] == [("PUT", 200), ("PUT", 401), ("POST", 201)]
+    emu.reset_calls()
+    assert emu.count_writes() == 0
+
+
+def test_system_notes_are_listed_not_hooked(hooked, receiver):
+    """Edits add GitLab's system notes to the notes listing; they fire no Note Hook."""
+    emu = hooked
+    lee = emu.as_user("lpark")
+    lee.edit_issue(42, 1, title="Renamed", assignees=["bob"], due_date="2026-06-30")
+    lee.edit_issue(42, 1, due_date=None)
+    system = [n["body"] for n in emu.notes(42, 1, system=True)]
+    assert system == [
+        "changed title from **Export drops rows** to **Renamed**",
+        "assigned to @bob and unassigned @alice",
+        "changed due date to June 30, 2026",
+        "removed due date",
+    ]
+    listed = get(emu, "/projects/42/issues/1/notes", per_page=2)
+    assert listed.headers["X-Total"] == "4" and len(listed.json()) == 2
+    assert all(n["system"] for n in listed.json())
+    assert emu.wait_hooks_idle(5)
+    assert [d.event for d in emu.hook_deliveries] == ["Issue Hook", "Issue Hook"]
+
+
+def test_quick_actions_in_a_comment_run(hooked, receiver):
+    """/close in a comment closes the issue; a comment of commands only answers 202."""
+    emu = hooked
+    r = api(emu, "POST", "/projects/42/issues/1/notes", json={"body": "Done here\n/close"})
+    assert r.status_code == 201 and r.json()["body"] == "Done here"
+    assert emu.issue(42, 1)["state"] == "closed"
+    r = api(emu, "POST", "/projects/42/issues/1/notes", json={"body": "/reopen\n/label ~p1"})
+    assert r.status_code == 202
+    assert r.json()["commands_changes"]["state_event"] == "reopen"
+    assert emu.issue(42, 1)["state"] == "opened" and "p1" in emu.issue(42, 1)["labels"]
+    fenced = "```\n/close\n```"
+    assert api(emu, "POST", "/projects/42/issues/1/notes", json={"body": fenced}).status_code == 201
+    assert emu.issue(42, 1)["state"] == "opened"
+    assert emu.wait_hooks_idle(5)
+    assert [d.action for d in emu.hook_deliveries] == [
+        "create",
+        "close",
+        "reopen",
+        "update",
+        "create",
+    ]
+
+
+def test_move_and_delete(hooked, receiver):
+    """A move fires open of the new issue, then close of the old with moved_to_id; delete none."""
+    emu = hooked
+    emu.add_project("acme/other", project_id=43)
+    emu.add_hook(43, receiver.url)
+    moved = emu.as_user("lpark").move_issue(42, 1, 43)
+    assert moved["project_id"] == 43 and moved["title"] == "Export drops rows"
+    old = emu.issue(42, 1)
+    assert old["state"] == "closed" and old["moved_to_id"] == moved["id"]
+    opened, closed = delivered(emu, receiver)
+    assert (opened["object_attributes"]["action"], opened["project"]["id"]) == ("open", 43)
+    assert closed["object_attributes"]["action"] == "close"
+    assert closed["object_attributes"]["moved_to_id"] == moved["id"]
+    assert closed["changes"]["moved_to_id"] == {"previous": None, "current": moved["id"]}
+    assert api(emu, "DELETE", f"/projects/43/issues/{moved['iid']}").status_code == 204
+    assert emu.issues(43) == []
+    assert emu.wait_hooks_idle(5) and len(receiver.received) == 2
+
+
+def test_event_uuid_passes_through_api_calls(hooked, receiver):
+    """An API write carrying X-Gitlab-Event-UUID fires events with that same UUID."""
+    emu = hooked
+    headers = {
+        "PRIVATE-TOKEN": emu.token,
+        "X-Gitlab-Event-UUID": "11111111-2222-4333-8444-555555555555",
+    }
+    requests.put(
+        emu.api_url + "/projects/42/issues/1", json={"title": "T"}, headers=headers, timeout=5
+    )
+    assert emu.wait_hooks_idle(5)
+    assert receiver.received[0][0]["X-Gitlab-Event-UUID"] == headers["X-Gitlab-Event-UUID"]
+
+
+def test_free_tier_keeps_the_first_assignee(receiver):
+    """With multiple_assignees off, only the first of several assignee_ids is kept."""
+    with GitLabEmulator(multiple_assignees=False, username="bridge-bot") as emu:
+        emu.add_project("acme/widget-api", project_id=42)
+        emu.add_issue(42, title="x")
+        a, b = emu.add_user("alice")["id"], emu.add_user("bob")["id"]
+        r = api(emu, "PUT", "/projects/42/issues/1", json={"assignee_ids": [b, a, 999]})
+        assert [u["username"] for u in r.json()["assignees"]] == ["bob"]
+        assert api(emu, "GET", "/user").json()["username"] == "bridge-bot"
+
+
+def test_hooks_must_stay_on_loopback(emu, project):
+    """A hook URL off this machine, or not http, is refused."""
+    for url in ("http://example.com/hook", "https://127.0.0.1/hook", "http://10.0.0.1/x"):
+        with pytest.raises(ValueError):
+            emu.add_hook(42, url)
+    assert emu.add_hook(42, "http://localhost:9/x")["alert_status"] == "executable"
+
+
+def test_control_routes_act_as_a_person(hooked, receiver):
+    """POST /_emulator/act runs a person's action for another process; it fires, unrecorded."""
+    emu = hooked
+    control = emu.url + "/_emulator"
+    r = requests.post(
+        control + "/act",
+        json={"username": "lpark", "what": "close_issue", "args": {"project_id": 42, "iid": 1}},
+        timeout=5,
+    )
+    assert r.status_code == 200 and r.json()["ok"] is True
+    assert r.json()["result"]["state"] == "closed"
+    r = requests.post(
+        control + "/act",
+        json={"username": "lpark", "what": "comment", "args": [42, 1, "From the demo"]},
+        timeout=5,
+    )
+    assert r.json()["result"]["body"] == "From the demo"
+    bad = requests.post(control + "/act", json={"username": "lpark", "what": "explode"}, timeout=5)
+    assert bad.status_code == 400 and "error" in bad.json()
+    missing = requests.post(
+        control + "/act",
+        json={"username": "lpark", "what": "close_issue", "args": [42, 99]},
+        timeout=5,
+    )
+    assert missing.status_code == 404
+    extra = Receiver()
+    try:
+        hook = requests.post(control + "/hooks", json={"project": 42, "url": extra.url}, timeout=5)
+        assert hook.status_code == 200 and hook.json()["result"]["url"] == extra.url
+        idle = requests.post(control + "/wait_hooks_idle", json={"timeout": 5}, timeout=10)
+        assert idle.json()["idle"] is True
+        listed = requests.get(control + "/hooks", timeout=5).json()
+        assert [d["action"] for d in listed["deliveries"]] == ["close", "create"]
+        assert len(listed["hooks"]) == 2
+    finally:
+        extra.close()
+    assert emu.calls == []
+    assert receiver.payloads[0]["user"]["username"] == "lpark"
