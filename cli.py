@@ -21,7 +21,8 @@ import reconcile
 import store as store_module
 import trello
 import worker as worker_module
-from gitlab_io import GitLabUnavailable, format_time
+from gitlab_client import GitLabError
+from gitlab_hook import format_time
 from store import SCHEMA_VERSION, Store, StoreError
 
 USAGE_ERROR = 2
@@ -171,7 +172,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         except trello.TrelloError as exc:
             problems.append(f"{label}: {trello_words(exc)}")
             print(f"problem: {problems[-1]}")
-        except (GitLabUnavailable, Failure, StoreError) as exc:
+        except (GitLabError, Failure, StoreError) as exc:
             problems.append(f"{label}: {exc}")
             print(f"problem: {problems[-1]}")
 
@@ -586,7 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except trello.TrelloError as exc:
         print(f"gitlab2trello {args.command}: {trello_words(exc)}", file=sys.stderr)
         return 1
-    except GitLabUnavailable as exc:
+    except GitLabError as exc:
         print(f"gitlab2trello {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,6 +1,6 @@
 """The bridge's own event types, and their one encoding for the store.
 
-Inbound hooks (``gitlab_io``) and reconciliation turn what they read into these; the store keeps
+Inbound hooks (``gitlab_hook``) and reconciliation turn what they read into these; the store keeps
 them as JSON and hands them back decoded; the rules (``sync``) read them.
 """
 

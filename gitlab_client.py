@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import gitlab as python_gitlab
 import requests
 import stamina
 
+from events import IssueEvent, Label
+from gitlab_hook import format_time, instance_of, parse_time, project_url_of
 from trello import LocalWindow
 
 log = logging.getLogger("gitlab2trello.gitlab")
@@ -66,7 +68,7 @@ def _translate(what: str, exc: Exception) -> GitLabError:
         if status == 403 and "scope" in message:
             message = "the token cannot write: it needs the api scope (read_api is read-only)"
         elif status == 401:
-            message = "the token is missing, wrong, revoked or expired"
+            message = "the private token is missing, wrong, revoked or expired"
         return GitLabAuthError(what, status, message)
     if status == 404:
         return GitLabNotFound(what, status, "no such project or issue, or the token cannot see it")
@@ -197,3 +199,114 @@ class Client:
             f"GET {path}", self.gl.http_get, path, query_data={"per_page": 100, "sort": "desc"}
         )
         return any(needle in str(note.get("body") or "") for note in notes or ())
+
+
+# ------------------------------------------------------------- reads: backfill, reconciliation
+
+
+def issue_from_rest(data: Mapping[str, Any], project: Mapping[str, Any]) -> IssueEvent:
+    """An issue as ``GET /projects/:id/issues`` returns it, as the same ``IssueEvent`` a
+    webhook gives: labels may be names or objects, the link is ``web_url``, ``assignees`` is
+    always present, the type is ``issue_type`` in lower case."""
+    url = data["web_url"]
+    raw_labels = data.get("labels") or []
+    labels = tuple(
+        Label(item["name"], item.get("color")) if isinstance(item, dict) else Label(str(item))
+        for item in raw_labels
+        if isinstance(item, dict | str)
+    )
+    work_type = str(data.get("issue_type") or "issue").replace("_", " ").title().replace(" ", "")
+    state = "closed" if data.get("state") == "closed" else "opened"
+    return IssueEvent(
+        instance=instance_of(url),
+        project_id=int(data["project_id"]),
+        iid=int(data["iid"]),
+        title=str(data.get("title") or ""),
+        url=url,
+        action="close" if state == "closed" else "update",
+        state=state,
+        updated_at=parse_time(data.get("updated_at")),
+        description=str(data.get("description") or ""),
+        project_path=project.get("path_with_namespace"),
+        project_url=project.get("web_url") or project_url_of(url),
+        labels=labels,
+        assignees=tuple(a["username"] for a in data.get("assignees") or () if isinstance(a, dict)),
+        due_date=(data.get("due_date") or None),
+        confidential=data.get("confidential") is True,
+        moved_to_id=moved
+        if isinstance(moved := data.get("moved_to_id"), int) and not isinstance(moved, bool)
+        else None,
+        work_item_type=work_type,
+        author=(data.get("author") or {}).get("username"),
+    )
+
+
+class GitLabAPI:
+    """The few REST calls the bridge makes, through python-gitlab."""
+
+    def __init__(self, url: str, private_token: str, *, timeout: float = 10.0) -> None:
+        import gitlab as python_gitlab  # the python-gitlab package
+
+        self._errors = (python_gitlab.exceptions.GitlabError, OSError)
+        self.url = url
+        # retries are ours (bounded by attempts and time): python-gitlab's own back off for
+        # minutes on a GitLab that does not answer
+        self.gl = python_gitlab.Gitlab(
+            url, private_token=private_token, timeout=timeout, retry_transient_errors=False
+        )
+
+    def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        def transient(exc: Exception) -> bool:
+            code = getattr(exc, "response_code", None)
+            return isinstance(exc, OSError) or (code is not None and (code >= 500 or code == 429))
+
+        try:
+            for attempt in stamina.retry_context(
+                on=transient, attempts=3, timeout=20, wait_initial=0.3, wait_max=3
+            ):
+                with attempt:
+                    return func(*args, **kwargs)
+        except self._errors as exc:
+            raise _translate(what, exc) from None
+
+    def whoami(self) -> str:
+        """The username the token belongs to (checks the token)."""
+        self._call("authentication", self.gl.auth)
+        return str(self.gl.user.username) if self.gl.user else "?"
+
+    def project(self, ref: str | int) -> dict[str, Any]:
+        """A project by id or ``group/path``."""
+        project = self._call(f"project {ref}", self.gl.projects.get, ref)
+        return dict(project.attributes)
+
+    def issues(
+        self,
+        project: Mapping[str, Any],
+        *,
+        state: str = "opened",
+        updated_after: float | None = None,
+    ) -> Iterator[IssueEvent]:
+        """Every issue of the project (all pages), oldest change first, as events."""
+        params: dict[str, Any] = {
+            "iterator": True,
+            "per_page": 50,
+            "order_by": "updated_at",
+            "sort": "asc",
+            "with_labels_details": True,
+        }
+        if state != "all":
+            params["state"] = state
+        if updated_after is not None:
+            params["updated_after"] = format_time(updated_after)
+        manager = self._call(
+            f"project {project['id']}", self.gl.projects.get, project["id"], lazy=True
+        ).issues
+        pages = self._call(
+            f"issues of {project.get('path_with_namespace')}", manager.list, **params
+        )
+        iterator = iter(pages)
+        while True:
+            item = self._call("issues (next page)", next, iterator, None)
+            if item is None:
+                return
+            yield issue_from_rest(item.attributes, project)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import sync
 from config import Config
 from events import IssueEvent
-from gitlab_io import GitLabAPI
+from gitlab_client import GitLabAPI
 from store import Store
 
 log = logging.getLogger("gitlab2trello.reconcile")

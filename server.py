@@ -16,7 +16,7 @@ from typing import Any
 from bottle import Bottle, HTTPResponse, request, response
 
 import config as config_module
-import gitlab_io
+import gitlab_hook
 import observe
 import trello_hook
 from events import CardAction, IssueEvent
@@ -133,7 +133,7 @@ def make_app(
             return body
         headers = request.environ["gitlab2trello.headers"]
         try:
-            gitlab_io.authenticate(
+            gitlab_hook.authenticate(
                 headers,
                 body,
                 secret_token=secret_token,
@@ -141,15 +141,15 @@ def make_app(
                 now=clock(),
                 tolerance=tolerance,
             )
-        except gitlab_io.Unauthorized as exc:
+        except gitlab_hook.Unauthorized as exc:
             log.warning("delivery refused: %s (from %s)", exc, request.remote_addr)
             return _text(401, str(exc))
         try:
-            parsed = gitlab_io.parse_delivery(headers, body, types=types, instance=instance_url)
-        except gitlab_io.BadDelivery as exc:
+            parsed = gitlab_hook.parse_delivery(headers, body, types=types, instance=instance_url)
+        except gitlab_hook.BadDelivery as exc:
             log.warning("delivery rejected: %s", exc)
             return _text(400, str(exc))
-        if isinstance(parsed, gitlab_io.Ignored):
+        if isinstance(parsed, gitlab_hook.Ignored):
             log.info("delivery ignored: %s", parsed.reason)
             return _json(200, {"status": "ignored", "reason": parsed.reason})
         event = parsed.event

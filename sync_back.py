@@ -59,7 +59,13 @@ def gitlab_username(trello_username: str, routing: Routing) -> str:
 def note_text(action: CardAction) -> str:
     name = action.full_name or action.username or "Someone"
     who = f"**{name}** (@{action.username})" if action.username else f"**{name}**"
-    return f"{who} on Trello: {action.text or ''}\n\n[Card on Trello]({action.card_url})"
+    # a line of the comment starting with "/" would be run by GitLab as a quick action
+    # (/close, /assign...): a zero-width space in front keeps it text
+    text = "\n".join(
+        f"\u200b{line}" if line.lstrip().startswith("/") else line
+        for line in (action.text or "").split("\n")
+    )
+    return f"{who} on Trello: {text}\n\n[Card on Trello]({action.card_url})"
 
 
 def due_date(iso: str | None) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from events import CardAction
-from gitlab_io import parse_time
+from gitlab_hook import parse_time
 
 SYNCED_TYPES = ("updateCard", "commentCard", "addMemberToCard", "removeMemberFromCard")
 

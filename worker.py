@@ -22,7 +22,7 @@ from typing import Any
 
 import config as config_module
 import gitlab_client
-import gitlab_io
+import gitlab_hook
 import observe
 import reconcile
 import retry
@@ -202,7 +202,7 @@ class Worker:
             if mark is None:  # the first look: from now on
                 self.store.set_meta(mark_key, str(now))
                 continue
-            since = gitlab_io.format_time(float(mark) - reconcile.OVERLAP)
+            since = gitlab_hook.format_time(float(mark) - reconcile.OVERLAP)
             newest = float(mark)
             for raw in self.client.board_actions(board_id, trello_hook.SYNCED_TYPES, since=since):
                 try:

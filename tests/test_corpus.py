@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-import gitlab_io
+import gitlab_hook
 import sync
 from tests.conftest import Service, issue_payload, wait_for
 from tests.trello_emulator import TrelloEmulator
@@ -86,12 +86,12 @@ def test_corpus_spans_gitlab_6_to_18_and_every_kind_of_event():
 def test_payload_parses_to_what_the_index_expects(entry):
     """Each real payload, with its own header, parses to the card, comment or Ignored expected."""
     expect = entry["expect"]
-    result = gitlab_io.parse_delivery(headers_of(entry), body_of(entry))
+    result = gitlab_hook.parse_delivery(headers_of(entry), body_of(entry))
     if expect["outcome"] == "ignored":
-        assert isinstance(result, gitlab_io.Ignored)
+        assert isinstance(result, gitlab_hook.Ignored)
         assert expect["reason"] in result.reason
         return
-    assert isinstance(result, gitlab_io.Delivery)
+    assert isinstance(result, gitlab_hook.Delivery)
     event = result.event
     if expect["outcome"] == "comment":
         assert event.note is not None
@@ -101,7 +101,7 @@ def test_payload_parses_to_what_the_index_expects(entry):
     assert event.issue_key == expect["key"]
     assert sync.issue_link(event) == expect["link"]
     assert event.state == ("closed" if expect["list"] == "done" else "opened")
-    assert event.action in gitlab_io.ACTIONS
+    assert event.action in gitlab_hook.ACTIONS
     assert event.confidential is expect.get("confidential", False)
     title = "(confidential)" if event.confidential else event.title
     assert sync.card_name(event.iid, title) == expect["name"]
@@ -121,7 +121,7 @@ def test_every_real_timestamp_parses():
         for holder in (data.get("object_attributes") or {}, data.get("issue") or {}):
             for field in ("created_at", "updated_at"):
                 if holder.get(field) is not None:
-                    assert gitlab_io.parse_time(holder[field]) is not None, (entry["file"], field)
+                    assert gitlab_hook.parse_time(holder[field]) is not None, (entry["file"], field)
                     seen.add(len(holder[field]))
     assert len(seen) >= 3  # with and without milliseconds, "UTC" suffix
 
@@ -161,8 +161,8 @@ def test_whole_corpus_through_the_service(
         answer = service.post(body_of(entry), key=None, event=entry["header"])
         status = answer.json().get("status") if answer.status_code < 300 else answer.text
         wanted = (200, "ignored") if expect["outcome"] == "ignored" else (202, "queued")
-        parsed = gitlab_io.parse_delivery(headers_of(entry), body_of(entry))
-        if isinstance(parsed, gitlab_io.Delivery):
+        parsed = gitlab_hook.parse_delivery(headers_of(entry), body_of(entry))
+        if isinstance(parsed, gitlab_hook.Delivery):
             if parsed.dedupe_key in sent:
                 wanted = (200, "duplicate")
             sent.add(parsed.dedupe_key)

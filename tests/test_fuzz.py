@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import events
-import gitlab_io
+import gitlab_hook
 import sync
 from tests.conftest import FIXTURES, load_fixture
 
@@ -46,7 +46,7 @@ def test_every_timestamp_format_gives_the_same_instant(instant, form):
     """Each GitLab timestamp format of one instant parses to that instant (UTC)."""
     text = FORMATS[form](instant)
     expected = instant.timestamp() if form in (0, 1) else instant.replace(microsecond=0).timestamp()
-    assert gitlab_io.parse_time(text) == pytest.approx(expected, abs=1e-3)
+    assert gitlab_hook.parse_time(text) == pytest.approx(expected, abs=1e-3)
 
 
 @given(text=st.text(max_size=60))
@@ -54,7 +54,7 @@ def test_every_timestamp_format_gives_the_same_instant(instant, form):
 def test_timestamp_parser_never_raises_anything_but_value_error(text):
     """Arbitrary text is either a timestamp or a ValueError, nothing else."""
     try:
-        result = gitlab_io.parse_time(text)
+        result = gitlab_hook.parse_time(text)
     except ValueError:
         return
     assert isinstance(result, float)

@@ -1,4 +1,4 @@
-"""Unit tests of gitlab_io.py: parsing deliveries, timestamps, tokens and signatures."""
+"""Unit tests of gitlab_hook.py: parsing deliveries, timestamps, tokens and signatures."""
 
 import base64
 import copy
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import events
-import gitlab_io
+import gitlab_hook
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ALL_HEADERS: dict[str, Any] = json.loads((FIXTURES / "headers.json").read_text(encoding="utf-8"))
@@ -49,17 +49,17 @@ def utc(*args: int) -> float:
 def outcome(headers: dict[str, str], body: bytes) -> Any:
     """parse_delivery's answer, or the BadDelivery it raised; anything else propagates."""
     try:
-        result = gitlab_io.parse_delivery(headers, body)
-    except gitlab_io.BadDelivery as exc:
+        result = gitlab_hook.parse_delivery(headers, body)
+    except gitlab_hook.BadDelivery as exc:
         assert str(exc), "a BadDelivery must name the problem"
         return exc
-    assert isinstance(result, gitlab_io.Delivery | gitlab_io.Ignored), result
+    assert isinstance(result, gitlab_hook.Delivery | gitlab_hook.Ignored), result
     return result
 
 
 def bad(headers: dict[str, str], body: bytes) -> str:
-    with pytest.raises(gitlab_io.BadDelivery) as info:
-        gitlab_io.parse_delivery(headers, body)
+    with pytest.raises(gitlab_hook.BadDelivery) as info:
+        gitlab_hook.parse_delivery(headers, body)
     return str(info.value)
 
 
@@ -134,8 +134,8 @@ def test_fixture_parses_to_delivery(name):
     """Each of today's issue payloads, with its real headers, becomes the Delivery it describes."""
     expected = EXPECTED[name]
     headers = headers_of(name)
-    result = gitlab_io.parse_delivery(headers, body_of(name))
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(headers, body_of(name))
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.dedupe_key == "key:" + headers["Idempotency-Key"]
     event = result.event
     assert event.iid == 118
@@ -160,11 +160,11 @@ def test_fixture_parses_to_delivery(name):
 
 def test_fixture_label_colours_are_kept():
     """Labels keep the colour GitLab gave them."""
-    result = gitlab_io.parse_delivery(
+    result = gitlab_hook.parse_delivery(
         headers_of("02-issue-update-title-labels.json"),
         body_of("02-issue-update-title-labels.json"),
     )
-    assert isinstance(result, gitlab_io.Delivery)
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event.labels == (
         events.Label("bug", "#d9534f"),
         events.Label("priority::high", "#ed9121"),
@@ -174,8 +174,8 @@ def test_fixture_label_colours_are_kept():
 def test_confidential_fixture_is_passed_on_flagged():
     """The confidential issue (fixture 05) becomes a Delivery flagged confidential."""
     name = "05-confidential-issue-open.json"
-    result = gitlab_io.parse_delivery(headers_of(name), body_of(name))
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(headers_of(name), body_of(name))
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event.confidential is True
     assert result.event.iid == 131
     assert result.event.title == "Session token leaks in export log"
@@ -183,16 +183,16 @@ def test_confidential_fixture_is_passed_on_flagged():
 
 def test_confidential_attribute_flags_the_event():
     """An Issue Hook whose issue has confidential: true gives an event flagged confidential."""
-    result = gitlab_io.parse_delivery(HOOK, with_attrs(confidential=True))
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(HOOK, with_attrs(confidential=True))
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event.confidential is True
 
 
 def test_confidential_issue_hook_header_flags_the_event():
     """A Confidential Issue Hook is flagged confidential even if the attribute says otherwise."""
     headers = {"X-Gitlab-Event": "Confidential Issue Hook"}
-    result = gitlab_io.parse_delivery(headers, with_attrs(confidential=False))
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(headers, with_attrs(confidential=False))
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event.confidential is True
 
 
@@ -202,8 +202,8 @@ def test_issue_made_confidential_reaches_the_worker():
     payload["object_attributes"]["confidential"] = True
     headers = {**headers_of("02-issue-update-title-labels.json")}
     headers["X-Gitlab-Event"] = "Confidential Issue Hook"
-    result = gitlab_io.parse_delivery(headers, encode(payload))
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(headers, encode(payload))
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event.confidential is True
     assert result.event.action == "update"
 
@@ -211,8 +211,8 @@ def test_issue_made_confidential_reaches_the_worker():
 def test_seed_payload_without_headers_is_keyed_on_body_digest():
     """The 2013 payload, with no X-Gitlab-Event nor Idempotency-Key, is keyed on its digest."""
     body = body_of("00-seed-2013.json")
-    result = gitlab_io.parse_delivery({}, body)
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery({}, body)
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.dedupe_key == "sha256:" + hashlib.sha256(body).hexdigest()
     event = result.event
     assert event.iid == 23
@@ -235,17 +235,17 @@ def test_seed_payload_without_headers_is_keyed_on_body_digest():
 def test_incident_type_is_synced_by_default_and_filtered_by_types():
     """Incidents are synced with the default types and ignored when types leaves them out."""
     body = with_attrs(type="Incident")
-    assert isinstance(gitlab_io.parse_delivery(HOOK, body), gitlab_io.Delivery)
-    result = gitlab_io.parse_delivery(HOOK, body, types=("Issue",))
-    assert isinstance(result, gitlab_io.Ignored)
+    assert isinstance(gitlab_hook.parse_delivery(HOOK, body), gitlab_hook.Delivery)
+    result = gitlab_hook.parse_delivery(HOOK, body, types=("Issue",))
+    assert isinstance(result, gitlab_hook.Ignored)
     assert "Incident" in result.reason
 
 
 def test_instance_falls_back_to_issue_url_host():
     """Without X-Gitlab-Instance the instance is the issue URL's scheme and host, lower-cased."""
     body = with_attrs(url="https://GitLab.Example.COM/acme/widget-api/-/issues/118")
-    result = gitlab_io.parse_delivery(HOOK, body)
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(HOOK, body)
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event.instance == "https://gitlab.example.com"
 
 
@@ -255,23 +255,23 @@ def test_instance_falls_back_to_issue_url_host():
 def test_dedupe_key_prefers_idempotency_key():
     """Idempotency-Key wins over the body digest, so two bodies with one key share a dedupe key."""
     headers = {"Idempotency-Key": "abc-123"}
-    assert gitlab_io.dedupe_key(headers, b"one") == "key:abc-123"
-    assert gitlab_io.dedupe_key(headers, b"two") == "key:abc-123"
+    assert gitlab_hook.dedupe_key(headers, b"one") == "key:abc-123"
+    assert gitlab_hook.dedupe_key(headers, b"two") == "key:abc-123"
 
 
 def test_dedupe_key_without_idempotency_key_is_body_digest():
     """With no (or a blank) Idempotency-Key the key is the body's SHA-256, different per body."""
     digest = "sha256:" + hashlib.sha256(b"one").hexdigest()
-    assert gitlab_io.dedupe_key({}, b"one") == digest
-    assert gitlab_io.dedupe_key({"Idempotency-Key": "   "}, b"one") == digest
-    assert gitlab_io.dedupe_key({}, b"two") != digest
+    assert gitlab_hook.dedupe_key({}, b"one") == digest
+    assert gitlab_hook.dedupe_key({"Idempotency-Key": "   "}, b"one") == digest
+    assert gitlab_hook.dedupe_key({}, b"two") != digest
 
 
 def test_webhook_uuid_is_not_a_dedupe_key():
     """X-Gitlab-Webhook-UUID, new on every attempt, does not change the dedupe key."""
     first = {"Idempotency-Key": "k", "X-Gitlab-Webhook-UUID": "a"}
     second = {"Idempotency-Key": "k", "X-Gitlab-Webhook-UUID": "b"}
-    assert gitlab_io.dedupe_key(first, b"x") == gitlab_io.dedupe_key(second, b"x")
+    assert gitlab_hook.dedupe_key(first, b"x") == gitlab_hook.dedupe_key(second, b"x")
 
 
 # ---------------------------------------------------------------------------- timestamps
@@ -291,12 +291,12 @@ def test_webhook_uuid_is_not_a_dedupe_key():
 )
 def test_parse_time_formats(text, expected):
     """Every timestamp format of the contract parses to the right UTC instant."""
-    assert gitlab_io.parse_time(text) == pytest.approx(expected, abs=1e-6)
+    assert gitlab_hook.parse_time(text) == pytest.approx(expected, abs=1e-6)
 
 
 def test_parse_time_null_is_none():
     """A null timestamp is None."""
-    assert gitlab_io.parse_time(None) is None
+    assert gitlab_hook.parse_time(None) is None
 
 
 @pytest.mark.parametrize(
@@ -311,12 +311,12 @@ def test_parse_time_null_is_none():
 )
 def test_equal_instants_compare_equal_across_formats(left, right):
     """The same instant written in two formats parses to equal values."""
-    assert gitlab_io.parse_time(left) == gitlab_io.parse_time(right)
+    assert gitlab_hook.parse_time(left) == gitlab_hook.parse_time(right)
 
 
 def test_later_instant_in_other_format_compares_greater():
     """Order follows the instant, not the string: 10:00+02:00 is before 09:00Z."""
-    assert gitlab_io.parse_time("2026-05-04T10:00:00+02:00") < gitlab_io.parse_time(
+    assert gitlab_hook.parse_time("2026-05-04T10:00:00+02:00") < gitlab_hook.parse_time(
         "2026-05-04T09:00:00Z"
     )
 
@@ -347,22 +347,22 @@ def test_later_instant_in_other_format_compares_greater():
 def test_parse_time_rejects_garbage(value):
     """Anything that is not one of the contract's timestamp formats raises ValueError."""
     with pytest.raises(ValueError, match="timestamp|out of range|must be in"):
-        gitlab_io.parse_time(value)
+        gitlab_hook.parse_time(value)
 
 
 @pytest.mark.parametrize("value", ["٢٠٢٦-٠٥-٠٤", "2026-05-04T09:12:33+99:99"])
 def test_parse_time_rejects_non_ascii_digits_and_impossible_offsets(value):
     """Timestamps with non-ASCII digits or an offset beyond +-23:59 raise ValueError."""
     with pytest.raises(ValueError):
-        gitlab_io.parse_time(value)
+        gitlab_hook.parse_time(value)
 
 
 def test_format_time_round_trips_parse_time():
     """format_time writes ISO 8601 UTC that parse_time reads back to the same instant."""
-    stamp = gitlab_io.parse_time("2026-05-04T11:12:33+02:00")
-    assert gitlab_io.format_time(stamp) == "2026-05-04T09:12:33Z"
-    assert gitlab_io.parse_time(gitlab_io.format_time(stamp)) == stamp
-    assert gitlab_io.format_time(None) is None
+    stamp = gitlab_hook.parse_time("2026-05-04T11:12:33+02:00")
+    assert gitlab_hook.format_time(stamp) == "2026-05-04T09:12:33Z"
+    assert gitlab_hook.parse_time(gitlab_hook.format_time(stamp)) == stamp
+    assert gitlab_hook.format_time(None) is None
 
 
 # ---------------------------------------------------------------------------- signatures
@@ -377,7 +377,8 @@ def test_signature_vectors_verify(name):
     """GitLab's real Standard-Webhooks signatures verify at the moment they were sent."""
     headers = headers_of(name)
     assert (
-        gitlab_io.check_signature(headers, body_of(name), SIGNING_TOKEN, stamp_of(headers)) is None
+        gitlab_hook.check_signature(headers, body_of(name), SIGNING_TOKEN, stamp_of(headers))
+        is None
     )
 
 
@@ -393,8 +394,8 @@ def test_signature_fails_when_one_body_byte_changes(name):
     body = bytearray(body_of(name))
     middle = len(body) // 2
     body[middle] = body[middle] ^ 0x01
-    with pytest.raises(gitlab_io.Unauthorized, match="invalid webhook-signature"):
-        gitlab_io.check_signature(headers, bytes(body), SIGNING_TOKEN, now=stamp_of(headers))
+    with pytest.raises(gitlab_hook.Unauthorized, match="invalid webhook-signature"):
+        gitlab_hook.check_signature(headers, bytes(body), SIGNING_TOKEN, now=stamp_of(headers))
 
 
 @pytest.mark.parametrize("offset", [301, -301])
@@ -402,8 +403,8 @@ def test_signature_fails_outside_tolerance(offset):
     """A webhook-timestamp 301 s away from now is refused even with a valid signature."""
     name = SIGNED[0]
     headers = headers_of(name)
-    with pytest.raises(gitlab_io.Unauthorized, match="tolerance"):
-        gitlab_io.check_signature(
+    with pytest.raises(gitlab_hook.Unauthorized, match="tolerance"):
+        gitlab_hook.check_signature(
             headers, body_of(name), SIGNING_TOKEN, now=stamp_of(headers) + offset
         )
 
@@ -414,7 +415,7 @@ def test_signature_passes_at_tolerance_edge(offset):
     name = SIGNED[0]
     headers = headers_of(name)
     now = stamp_of(headers) + offset
-    assert gitlab_io.check_signature(headers, body_of(name), SIGNING_TOKEN, now) is None
+    assert gitlab_hook.check_signature(headers, body_of(name), SIGNING_TOKEN, now) is None
 
 
 def test_signature_fails_with_wrong_key():
@@ -422,8 +423,8 @@ def test_signature_fails_with_wrong_key():
     name = SIGNED[0]
     headers = headers_of(name)
     other = "whsec_" + base64.b64encode(b"k" * 32).decode()
-    with pytest.raises(gitlab_io.Unauthorized, match="invalid webhook-signature"):
-        gitlab_io.check_signature(headers, body_of(name), other, now=stamp_of(headers))
+    with pytest.raises(gitlab_hook.Unauthorized, match="invalid webhook-signature"):
+        gitlab_hook.check_signature(headers, body_of(name), other, now=stamp_of(headers))
 
 
 def test_signature_fails_with_changed_webhook_id():
@@ -431,8 +432,8 @@ def test_signature_fails_with_changed_webhook_id():
     name = SIGNED[0]
     headers = headers_of(name)
     headers["webhook-id"] = "00000000-0000-0000-0000-000000000000"
-    with pytest.raises(gitlab_io.Unauthorized):
-        gitlab_io.check_signature(headers, body_of(name), SIGNING_TOKEN, now=stamp_of(headers))
+    with pytest.raises(gitlab_hook.Unauthorized):
+        gitlab_hook.check_signature(headers, body_of(name), SIGNING_TOKEN, now=stamp_of(headers))
 
 
 def test_signature_second_in_list_passes():
@@ -442,7 +443,8 @@ def test_signature_second_in_list_passes():
     wrong = "v1," + base64.b64encode(b"\0" * 32).decode()
     headers["webhook-signature"] = f"{wrong} {headers['webhook-signature']}"
     assert (
-        gitlab_io.check_signature(headers, body_of(name), SIGNING_TOKEN, stamp_of(headers)) is None
+        gitlab_hook.check_signature(headers, body_of(name), SIGNING_TOKEN, stamp_of(headers))
+        is None
     )
 
 
@@ -451,8 +453,8 @@ def test_signature_with_other_version_prefix_fails():
     name = SIGNED[0]
     headers = headers_of(name)
     headers["webhook-signature"] = headers["webhook-signature"].replace("v1,", "v2,", 1)
-    with pytest.raises(gitlab_io.Unauthorized):
-        gitlab_io.check_signature(headers, body_of(name), SIGNING_TOKEN, now=stamp_of(headers))
+    with pytest.raises(gitlab_hook.Unauthorized):
+        gitlab_hook.check_signature(headers, body_of(name), SIGNING_TOKEN, now=stamp_of(headers))
 
 
 @pytest.mark.parametrize("missing", ["webhook-id", "webhook-timestamp", "webhook-signature"])
@@ -462,8 +464,8 @@ def test_signature_headers_are_required(missing):
     headers = headers_of(name)
     now = stamp_of(headers)
     del headers[missing]
-    with pytest.raises(gitlab_io.Unauthorized, match="missing"):
-        gitlab_io.check_signature(headers, body_of(name), SIGNING_TOKEN, now=now)
+    with pytest.raises(gitlab_hook.Unauthorized, match="missing"):
+        gitlab_hook.check_signature(headers, body_of(name), SIGNING_TOKEN, now=now)
 
 
 def test_signature_non_integer_timestamp_is_refused():
@@ -472,15 +474,15 @@ def test_signature_non_integer_timestamp_is_refused():
     headers = headers_of(name)
     now = stamp_of(headers)
     headers["webhook-timestamp"] = "soon"
-    with pytest.raises(gitlab_io.Unauthorized, match="webhook-timestamp"):
-        gitlab_io.check_signature(headers, body_of(name), SIGNING_TOKEN, now=now)
+    with pytest.raises(gitlab_hook.Unauthorized, match="webhook-timestamp"):
+        gitlab_hook.check_signature(headers, body_of(name), SIGNING_TOKEN, now=now)
 
 
 def test_signing_key_decodes_whsec_token():
     """The signing key is the base64 payload after whsec_; other text is a ValueError."""
-    assert gitlab_io.signing_key("whsec_" + base64.b64encode(b"secret").decode()) == b"secret"
+    assert gitlab_hook.signing_key("whsec_" + base64.b64encode(b"secret").decode()) == b"secret"
     with pytest.raises(ValueError, match="whsec_"):
-        gitlab_io.signing_key("whsec_not base64!")
+        gitlab_hook.signing_key("whsec_not base64!")
 
 
 # ---------------------------------------------------------------------------- tokens
@@ -488,35 +490,35 @@ def test_signing_key_decodes_whsec_token():
 
 def test_check_token_accepts_right_token():
     """The exact secret token passes."""
-    assert gitlab_io.check_token({"X-Gitlab-Token": SECRET}, SECRET) is None
+    assert gitlab_hook.check_token({"X-Gitlab-Token": SECRET}, SECRET) is None
 
 
 @pytest.mark.parametrize("given", ["wrong", "", SECRET + "x", SECRET[:-1], SECRET.upper()])
 def test_check_token_refuses_wrong_token(given):
     """Any token other than the exact secret raises Unauthorized."""
-    with pytest.raises(gitlab_io.Unauthorized, match="invalid X-Gitlab-Token"):
-        gitlab_io.check_token({"X-Gitlab-Token": given}, SECRET)
+    with pytest.raises(gitlab_hook.Unauthorized, match="invalid X-Gitlab-Token"):
+        gitlab_hook.check_token({"X-Gitlab-Token": given}, SECRET)
 
 
 def test_check_token_refuses_missing_token():
     """A request without X-Gitlab-Token raises Unauthorized naming the header."""
-    with pytest.raises(gitlab_io.Unauthorized, match="missing X-Gitlab-Token"):
-        gitlab_io.check_token({}, SECRET)
+    with pytest.raises(gitlab_hook.Unauthorized, match="missing X-Gitlab-Token"):
+        gitlab_hook.check_token({}, SECRET)
 
 
 def test_check_token_compares_in_constant_time(monkeypatch):
     """The token comparison goes through hmac.compare_digest."""
     calls = []
-    original = gitlab_io.hmac.compare_digest
+    original = gitlab_hook.hmac.compare_digest
 
     def spy(a, b):
         calls.append((a, b))
         return original(a, b)
 
-    monkeypatch.setattr(gitlab_io.hmac, "compare_digest", spy)
-    gitlab_io.check_token({"X-Gitlab-Token": SECRET}, SECRET)
-    with pytest.raises(gitlab_io.Unauthorized):
-        gitlab_io.check_token({"X-Gitlab-Token": "nope"}, SECRET)
+    monkeypatch.setattr(gitlab_hook.hmac, "compare_digest", spy)
+    gitlab_hook.check_token({"X-Gitlab-Token": SECRET}, SECRET)
+    with pytest.raises(gitlab_hook.Unauthorized):
+        gitlab_hook.check_token({"X-Gitlab-Token": "nope"}, SECRET)
     assert len(calls) == 2
 
 
@@ -530,13 +532,13 @@ def signed_request() -> tuple[dict[str, str], bytes, int]:
 
 
 def auth(headers: dict[str, str], body: bytes, now: int, secret: str, signing: str) -> None:
-    gitlab_io.authenticate(headers, body, secret_token=secret, signing_token=signing, now=now)
+    gitlab_hook.authenticate(headers, body, secret_token=secret, signing_token=signing, now=now)
 
 
 def test_authenticate_without_configuration_accepts_anything():
     """With neither token configured every request passes."""
     junk = {"X-Gitlab-Token": "anything", "webhook-signature": "v1,bogus"}
-    assert gitlab_io.authenticate(junk, b"{}", secret_token="", signing_token="", now=0) is None
+    assert gitlab_hook.authenticate(junk, b"{}", secret_token="", signing_token="", now=0) is None
 
 
 def test_authenticate_secret_only():
@@ -544,9 +546,9 @@ def test_authenticate_secret_only():
     headers, body, now = signed_request()
     unsigned = {k: v for k, v in headers.items() if not k.startswith("webhook-")}
     auth(unsigned, body, now, SECRET, "")
-    with pytest.raises(gitlab_io.Unauthorized):
+    with pytest.raises(gitlab_hook.Unauthorized):
         auth({**unsigned, "X-Gitlab-Token": "wrong"}, body, now, SECRET, "")
-    with pytest.raises(gitlab_io.Unauthorized):
+    with pytest.raises(gitlab_hook.Unauthorized):
         auth({}, body, now, SECRET, "")
 
 
@@ -555,9 +557,9 @@ def test_authenticate_signing_only_makes_signature_mandatory():
     headers, body, now = signed_request()
     auth(headers, body, now, "", SIGNING_TOKEN)
     unsigned = {k: v for k, v in headers.items() if not k.startswith("webhook-")}
-    with pytest.raises(gitlab_io.Unauthorized, match="missing"):
+    with pytest.raises(gitlab_hook.Unauthorized, match="missing"):
         auth(unsigned, body, now, "", SIGNING_TOKEN)
-    with pytest.raises(gitlab_io.Unauthorized):
+    with pytest.raises(gitlab_hook.Unauthorized):
         auth(headers, body + b" ", now, "", SIGNING_TOKEN)
 
 
@@ -567,11 +569,11 @@ def test_authenticate_both_tokens():
     auth(headers, body, now, SECRET, SIGNING_TOKEN)
     unsigned = {k: v for k, v in headers.items() if not k.startswith("webhook-")}
     auth(unsigned, body, now, SECRET, SIGNING_TOKEN)
-    with pytest.raises(gitlab_io.Unauthorized, match="X-Gitlab-Token"):
+    with pytest.raises(gitlab_hook.Unauthorized, match="X-Gitlab-Token"):
         auth({**headers, "X-Gitlab-Token": "wrong"}, body, now, SECRET, SIGNING_TOKEN)
-    with pytest.raises(gitlab_io.Unauthorized, match="webhook-signature"):
+    with pytest.raises(gitlab_hook.Unauthorized, match="webhook-signature"):
         auth(headers, body + b" ", now, SECRET, SIGNING_TOKEN)
-    with pytest.raises(gitlab_io.Unauthorized, match="tolerance"):
+    with pytest.raises(gitlab_hook.Unauthorized, match="tolerance"):
         auth(headers, body, now + 3600, SECRET, SIGNING_TOKEN)
 
 
@@ -676,8 +678,8 @@ def without_action(**changes: Any) -> bytes:
 )
 def test_missing_action_is_decided_from_state(changes, action, state):
     """Without action (or with null) a closed issue is a close and any other one an open."""
-    result = gitlab_io.parse_delivery(HOOK, without_action(**changes))
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(HOOK, without_action(**changes))
+    assert isinstance(result, gitlab_hook.Delivery)
     assert (result.event.action, result.event.state) == (action, state)
 
 
@@ -702,8 +704,8 @@ def without_url(**top: Any) -> bytes:
 def test_missing_url_is_built_from_project_web_url(absent):
     """Without url the link is the project's web URL + /issues/<iid>, on the same issue key."""
     body = without_url() if absent == "missing" else with_attrs(url=None)
-    result = gitlab_io.parse_delivery(HOOK, body)
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(HOOK, body)
+    assert isinstance(result, gitlab_hook.Delivery)
     event = result.event
     assert event.url == "https://gitlab.example.com/acme/widget-api/issues/118"
     assert event.issue_key == "https://gitlab.example.com|42|118"
@@ -713,15 +715,15 @@ def test_missing_url_is_built_from_project_web_url(absent):
 def test_missing_url_and_project_uses_repository_homepage():
     """Without url and project (GitLab 8.0 to 8.4) the link comes from repository.homepage."""
     body = without_url(project=None)
-    result = gitlab_io.parse_delivery(HOOK, body)
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(HOOK, body)
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event.url == "https://gitlab.example.com/acme/widget-api/issues/118"
 
 
 @pytest.mark.parametrize(
     ("headers", "instance", "expected"),
     [
-        ({}, None, gitlab_io.UNKNOWN_INSTANCE),
+        ({}, None, gitlab_hook.UNKNOWN_INSTANCE),
         ({"X-Gitlab-Instance": "https://GitLab.example.com"}, None, "https://gitlab.example.com"),
         ({}, "https://gitlab.example.com/", "https://gitlab.example.com"),
         ({"X-Gitlab-Instance": "junk"}, "http://old.example.com", "http://old.example.com"),
@@ -731,11 +733,11 @@ def test_no_url_and_no_project_gives_an_issue_without_link(headers, instance, ex
     """With no url, project nor repository (GitLab 6.4 to 7.3) the issue has no link; its
     instance is X-Gitlab-Instance, else the configured GitLab, else a fixed placeholder."""
     body = without_url(project=None, repository=None)
-    result = gitlab_io.parse_delivery({**HOOK, **headers}, body, instance=instance)
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery({**HOOK, **headers}, body, instance=instance)
+    assert isinstance(result, gitlab_hook.Delivery)
     event = result.event
     assert event.issue_key == f"{expected}|42|118"
-    assert event.url == gitlab_io.NO_LINK + event.issue_key
+    assert event.url == gitlab_hook.NO_LINK + event.issue_key
     assert not event.url.startswith(("http://", "https://"))
     assert event.project_url is None
 
@@ -743,7 +745,7 @@ def test_no_url_and_no_project_gives_an_issue_without_link(headers, instance, ex
 def test_bracketed_host_in_url_is_bad():
     """An issue URL with an unbalanced [ in its host is a BadDelivery, not a crash."""
     result = outcome(HOOK, with_attrs(url="http://[gitlab.example.com/acme/-/issues/1"))
-    assert isinstance(result, gitlab_io.BadDelivery)
+    assert isinstance(result, gitlab_hook.BadDelivery)
     assert "url" in str(result)
 
 
@@ -751,8 +753,8 @@ def test_bracketed_host_in_url_is_bad():
 def test_instance_header_does_not_change_the_issue_key(instance):
     """The instance comes from the issue URL, whatever X-Gitlab-Instance says."""
     headers = {**HOOK, "X-Gitlab-Instance": instance}
-    result = gitlab_io.parse_delivery(headers, with_attrs())
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(headers, with_attrs())
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event.instance == "https://gitlab.example.com"
     assert result.event.issue_key == "https://gitlab.example.com|42|118"
 
@@ -768,16 +770,16 @@ def test_project_id_from_project_object_when_attribute_missing():
     payload = payload_of("01-issue-open.json")
     del payload["object_attributes"]["project_id"]
     payload["project"]["id"] = 77
-    result = gitlab_io.parse_delivery(HOOK, encode(payload))
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(HOOK, encode(payload))
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event.project_id == 77
 
 
 def test_description_must_be_string_or_null():
     """A description that is neither a string nor null is refused; null becomes empty text."""
     assert "description" in bad(HOOK, with_attrs(description=["x"]))
-    result = gitlab_io.parse_delivery(HOOK, with_attrs(description=None))
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(HOOK, with_attrs(description=None))
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event.description == ""
 
 
@@ -785,8 +787,8 @@ def test_description_must_be_string_or_null():
 def test_unparseable_updated_at_is_absent_with_a_warning(value, caplog):
     """An updated_at that is not a timestamp is treated as absent and logged, never refused."""
     with caplog.at_level("WARNING", logger="gitlab2trello.gitlab"):
-        result = gitlab_io.parse_delivery(HOOK, with_attrs(updated_at=value))
-    assert isinstance(result, gitlab_io.Delivery)
+        result = gitlab_hook.parse_delivery(HOOK, with_attrs(updated_at=value))
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event.updated_at is None
     assert "updated_at" in caplog.text
     assert "treated as absent" in caplog.text
@@ -796,8 +798,8 @@ def test_unparseable_updated_at_is_absent_with_a_warning(value, caplog):
 def test_unparseable_due_date_is_absent_with_a_warning(value, caplog):
     """A due_date that is not a date is treated as absent and logged, never refused."""
     with caplog.at_level("WARNING", logger="gitlab2trello.gitlab"):
-        result = gitlab_io.parse_delivery(HOOK, with_attrs(due_date=value))
-    assert isinstance(result, gitlab_io.Delivery)
+        result = gitlab_hook.parse_delivery(HOOK, with_attrs(due_date=value))
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event.due_date is None
     assert "due_date" in caplog.text
 
@@ -814,17 +816,17 @@ def test_unparseable_due_date_is_absent_with_a_warning(value, caplog):
 )
 def test_due_date_shapes(value, expected):
     """A due date given as a date, an ISO timestamp or a UTC-suffixed time is its date."""
-    result = gitlab_io.parse_delivery(HOOK, with_attrs(due_date=value))
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(HOOK, with_attrs(due_date=value))
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event.due_date == expected
 
 
 def test_state_follows_action_when_missing():
     """Without a usable state, close means closed and every other action means opened."""
-    closed = gitlab_io.parse_delivery(HOOK, with_attrs(action="close", state=None))
-    reopened = gitlab_io.parse_delivery(HOOK, with_attrs(action="reopen", state="weird"))
-    assert isinstance(closed, gitlab_io.Delivery)
-    assert isinstance(reopened, gitlab_io.Delivery)
+    closed = gitlab_hook.parse_delivery(HOOK, with_attrs(action="close", state=None))
+    reopened = gitlab_hook.parse_delivery(HOOK, with_attrs(action="reopen", state="weird"))
+    assert isinstance(closed, gitlab_hook.Delivery)
+    assert isinstance(reopened, gitlab_hook.Delivery)
     assert closed.event.state == "closed"
     assert reopened.event.state == "opened"
 
@@ -853,8 +855,8 @@ USER = {"name": "Lee Park", "username": "lpark"}
 )
 def test_assignee_shapes(top, expected):
     """assignees wins; without it the single assignee object (8.x); ids alone name nobody."""
-    result = gitlab_io.parse_delivery(HOOK, with_top(**top))
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(HOOK, with_top(**top))
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event.assignees == (expected if expected is not None else ("lpark", "sokafor"))
 
 
@@ -862,8 +864,8 @@ def test_assignee_ids_disagreeing_with_assignees_follow_assignees():
     """assignee_id and assignee_ids that disagree with assignees do not change the members."""
     payload = payload_of("06-issue-multi-assignee-milestone-due.json")
     payload["object_attributes"].update(assignee_id=1, assignee_ids=[1, 2, 3])
-    result = gitlab_io.parse_delivery(HOOK, encode(payload))
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(HOOK, encode(payload))
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event.assignees == ("lpark", "sokafor")
 
 
@@ -885,8 +887,8 @@ def test_label_shapes(top, expected):
             payload.pop(key, None)
         else:
             payload[key] = value
-    result = gitlab_io.parse_delivery(HOOK, encode(payload))
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(HOOK, encode(payload))
+    assert isinstance(result, gitlab_hook.Delivery)
     assert tuple(label.name for label in result.event.labels) == expected
 
 
@@ -904,10 +906,10 @@ def test_label_shapes(top, expected):
 )
 def test_changes_in_any_shape_do_not_matter(changes):
     """changes as {previous, current}, as two-element arrays (9.x/10.x) or odd: same event."""
-    plain = gitlab_io.parse_delivery(HOOK, with_top(changes=None))
-    result = gitlab_io.parse_delivery(HOOK, with_top(changes=changes))
-    assert isinstance(plain, gitlab_io.Delivery)
-    assert isinstance(result, gitlab_io.Delivery)
+    plain = gitlab_hook.parse_delivery(HOOK, with_top(changes=None))
+    result = gitlab_hook.parse_delivery(HOOK, with_top(changes=changes))
+    assert isinstance(plain, gitlab_hook.Delivery)
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event == plain.event
 
 
@@ -915,8 +917,8 @@ def test_event_type_confidential_issue_flags_the_event():
     """event_type confidential_issue flags the event even under an Issue Hook header."""
     payload = payload_of("01-issue-open.json")
     payload["event_type"] = "confidential_issue"
-    result = gitlab_io.parse_delivery(HOOK, encode(payload))
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(HOOK, encode(payload))
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event.confidential is True
 
 
@@ -926,15 +928,15 @@ def test_event_type_confidential_issue_flags_the_event():
 def test_old_push_without_header_or_kind_is_ignored():
     """A push of GitLab before 7.11 (no X-Gitlab-Event, no object_kind) is Ignored."""
     body = encode({"before": "95790bf8", "after": "da156088", "ref": "refs/heads/master"})
-    result = gitlab_io.parse_delivery({}, body)
-    assert isinstance(result, gitlab_io.Ignored)
+    result = gitlab_hook.parse_delivery({}, body)
+    assert isinstance(result, gitlab_hook.Ignored)
 
 
 def test_push_hook_is_ignored():
     """A Push Hook is answered Ignored naming the event."""
     body = encode({"object_kind": "push", "ref": "refs/heads/main"})
-    result = gitlab_io.parse_delivery({"X-Gitlab-Event": "Push Hook"}, body)
-    assert isinstance(result, gitlab_io.Ignored)
+    result = gitlab_hook.parse_delivery({"X-Gitlab-Event": "Push Hook"}, body)
+    assert isinstance(result, gitlab_hook.Ignored)
     assert "Push Hook" in result.reason
 
 
@@ -951,8 +953,8 @@ def note_payload(**changes: Any) -> dict[str, Any]:
 def test_note_hook_on_other_things_is_ignored(noteable):
     """A Note Hook on anything but an issue is Ignored naming what was commented."""
     body = encode(note_payload(noteable_type=noteable))
-    result = gitlab_io.parse_delivery({"X-Gitlab-Event": "Note Hook"}, body)
-    assert isinstance(result, gitlab_io.Ignored)
+    result = gitlab_hook.parse_delivery({"X-Gitlab-Event": "Note Hook"}, body)
+    assert isinstance(result, gitlab_hook.Ignored)
     assert "comments on" in result.reason
     assert (noteable or "unknown") in result.reason
 
@@ -978,8 +980,8 @@ def test_internal_notes_are_ignored(headers, changes, top):
     payload.update(top)
     if "internal" not in changes:
         del payload["object_attributes"]["internal"]
-    result = gitlab_io.parse_delivery(headers, encode(payload))
-    assert isinstance(result, gitlab_io.Ignored)
+    result = gitlab_hook.parse_delivery(headers, encode(payload))
+    assert isinstance(result, gitlab_hook.Ignored)
     assert "internal" in result.reason
 
 
@@ -996,8 +998,8 @@ def test_confidential_note_is_confidential_whatever_the_issue_says(headers, top)
     payload = note_payload()
     payload.update(top)
     payload["issue"]["confidential"] = False
-    result = gitlab_io.parse_delivery(headers, encode(payload))
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(headers, encode(payload))
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event.confidential is True
     assert result.event.note is not None
 
@@ -1005,16 +1007,16 @@ def test_confidential_note_is_confidential_whatever_the_issue_says(headers, top)
 def test_note_without_url_links_to_the_issue():
     """A comment without its own URL is linked to its issue's URL with #note_<id>."""
     payload = note_payload(url=None)
-    result = gitlab_io.parse_delivery({"X-Gitlab-Event": "Note Hook"}, encode(payload))
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery({"X-Gitlab-Event": "Note Hook"}, encode(payload))
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event.note is not None
     assert result.event.note.url == ISSUE_URL + "#note_1204"
 
 
 def test_note_on_issue_becomes_note_event():
     """A comment on an issue is a Delivery keyed on the note, carrying the comment."""
-    result = gitlab_io.parse_delivery({"X-Gitlab-Event": "Note Hook"}, body_of(NOTE))
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery({"X-Gitlab-Event": "Note Hook"}, body_of(NOTE))
+    assert isinstance(result, gitlab_hook.Delivery)
     event = result.event
     assert result.dedupe_key == "note:https://gitlab.example.com|42|1204"
     assert (event.iid, event.project_id, event.url) == (118, 42, ISSUE_URL)
@@ -1032,17 +1034,17 @@ def test_note_with_garbage_issue_url_is_refused_or_uses_note_url():
     payload = payload_of(NOTE)
     payload["issue"]["url"] = "not a url"
     result = outcome({"X-Gitlab-Event": "Note Hook"}, encode(payload))
-    if isinstance(result, gitlab_io.Delivery):
+    if isinstance(result, gitlab_hook.Delivery):
         assert result.event.url == ISSUE_URL
         assert result.event.instance == "https://gitlab.example.com"
     else:
-        assert isinstance(result, gitlab_io.BadDelivery)
+        assert isinstance(result, gitlab_hook.BadDelivery)
 
 
 def test_note_without_header_is_classified_by_object_kind():
     """A note body with no X-Gitlab-Event header is treated as a Note Hook."""
-    result = gitlab_io.parse_delivery({}, encode(note_payload(noteable_type="MergeRequest")))
-    assert isinstance(result, gitlab_io.Ignored)
+    result = gitlab_hook.parse_delivery({}, encode(note_payload(noteable_type="MergeRequest")))
+    assert isinstance(result, gitlab_hook.Ignored)
     assert "MergeRequest" in result.reason
 
 
@@ -1055,16 +1057,16 @@ def test_note_without_object_attributes_is_bad():
 def test_merge_request_hook_is_ignored():
     """A Merge Request Hook is answered Ignored naming the event."""
     body = encode({"object_kind": "merge_request", "object_attributes": {"iid": 1}})
-    result = gitlab_io.parse_delivery({"X-Gitlab-Event": "Merge Request Hook"}, body)
-    assert isinstance(result, gitlab_io.Ignored)
+    result = gitlab_hook.parse_delivery({"X-Gitlab-Event": "Merge Request Hook"}, body)
+    assert isinstance(result, gitlab_hook.Ignored)
     assert "Merge Request Hook" in result.reason
 
 
 def test_other_object_kind_under_issue_hook_is_ignored():
     """A body whose object_kind is not an issue or work item is ignored, naming the kind."""
     body = encode({"object_kind": "pipeline", "object_attributes": {}})
-    result = gitlab_io.parse_delivery(HOOK, body)
-    assert isinstance(result, gitlab_io.Ignored)
+    result = gitlab_hook.parse_delivery(HOOK, body)
+    assert isinstance(result, gitlab_hook.Ignored)
     assert "pipeline" in result.reason
 
 
@@ -1073,15 +1075,15 @@ def test_work_item_task_is_ignored():
     payload = payload_of("01-issue-open.json")
     payload["object_kind"] = "work_item"
     payload["object_attributes"]["type"] = "Task"
-    result = gitlab_io.parse_delivery(HOOK, encode(payload))
-    assert isinstance(result, gitlab_io.Ignored)
+    result = gitlab_hook.parse_delivery(HOOK, encode(payload))
+    assert isinstance(result, gitlab_hook.Ignored)
     assert "Task" in result.reason
 
 
 def test_issue_kind_with_task_type_is_ignored():
     """An object_kind issue whose type is Task is ignored, naming the type."""
-    result = gitlab_io.parse_delivery(HOOK, with_attrs(type="Task"))
-    assert isinstance(result, gitlab_io.Ignored)
+    result = gitlab_hook.parse_delivery(HOOK, with_attrs(type="Task"))
+    assert isinstance(result, gitlab_hook.Ignored)
     assert "Task" in result.reason
 
 
@@ -1089,8 +1091,8 @@ def test_work_item_of_issue_type_is_synced():
     """A work_item of type Issue is synced like an issue."""
     payload = payload_of("01-issue-open.json")
     payload["object_kind"] = "work_item"
-    result = gitlab_io.parse_delivery(HOOK, encode(payload))
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(HOOK, encode(payload))
+    assert isinstance(result, gitlab_hook.Delivery)
     assert result.event.work_item_type == "Issue"
 
 
@@ -1100,8 +1102,8 @@ def test_work_item_of_issue_type_is_synced():
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_issue_event_json_round_trip(name):
     """IssueEvent.from_json(to_json()) gives back an equal event."""
-    result = gitlab_io.parse_delivery(headers_of(name), body_of(name))
-    assert isinstance(result, gitlab_io.Delivery)
+    result = gitlab_hook.parse_delivery(headers_of(name), body_of(name))
+    assert isinstance(result, gitlab_hook.Delivery)
     event = result.event
     assert events.IssueEvent.from_json(event.to_json()) == event
 
@@ -1161,7 +1163,7 @@ PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 def test_any_json_body_is_classified(value, headers):
     """Any JSON value as a body gives Delivery or Ignored, or raises BadDelivery."""
     result = outcome(headers, encode(value))
-    assert isinstance(result, gitlab_io.Delivery | gitlab_io.Ignored | gitlab_io.BadDelivery)
+    assert isinstance(result, gitlab_hook.Delivery | gitlab_hook.Ignored | gitlab_hook.BadDelivery)
 
 
 @PROPERTY
@@ -1169,7 +1171,7 @@ def test_any_json_body_is_classified(value, headers):
 def test_any_bytes_body_is_classified(body, headers):
     """Any bytes as a body give Delivery or Ignored, or raise BadDelivery."""
     result = outcome(headers, body)
-    assert isinstance(result, gitlab_io.Delivery | gitlab_io.Ignored | gitlab_io.BadDelivery)
+    assert isinstance(result, gitlab_hook.Delivery | gitlab_hook.Ignored | gitlab_hook.BadDelivery)
 
 
 @PROPERTY
@@ -1190,10 +1192,10 @@ def test_mutated_fixture_is_classified(changes, removed, top):
         payload["object_attributes"].pop(key, None)
     payload.update(top)
     result = outcome(HOOK, encode(payload))
-    if isinstance(result, gitlab_io.Delivery):
+    if isinstance(result, gitlab_hook.Delivery):
         assert isinstance(result.event.iid, int)
         assert isinstance(result.event.title, str)
-        assert result.event.action in gitlab_io.ACTIONS
+        assert result.event.action in gitlab_hook.ACTIONS
         assert result.event.state in ("opened", "closed")
 
 
@@ -1217,7 +1219,7 @@ def test_mutated_note_is_classified(changes, issue_changes, top):
     payload["issue"].update(issue_changes)
     payload.update(top)
     result = outcome({"X-Gitlab-Event": "Note Hook"}, encode(payload))
-    if isinstance(result, gitlab_io.Delivery):
+    if isinstance(result, gitlab_hook.Delivery):
         assert result.event.note is not None
         assert isinstance(result.event.note.body, str)
         assert isinstance(result.event.iid, int)

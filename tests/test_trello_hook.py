@@ -162,3 +162,13 @@ def test_what_the_card_shows_after_a_person_changed_it():
     assert member["members"] == {"bob": "5b0b00000000000000000002"}
     assert sync_back.newer_on_card(done, done["changed_at"]["lists"] - 1) == {"lists"}
     assert sync_back.newer_on_card(done, done["changed_at"]["lists"] + 1) == set()
+
+
+def test_a_comment_line_is_never_a_gitlab_quick_action():
+    """A comment's line starting with / (a GitLab quick action) is copied as text."""
+    comment = CardAction(
+        **{**action("04-comment.json").__dict__, "text": "done\n/close\n /assign @x"}
+    )
+    note = sync_back.note_text(comment)
+    assert "\n/close" not in note and "\u200b/close" in note
+    assert "\u200b /assign" in note

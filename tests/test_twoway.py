@@ -220,6 +220,13 @@ def test_every_row_of_the_table_reaches_gitlab(make_bridge, board, gitlab):
     step(lambda: alice.set_due(card["id"], None), lambda i: i["due_date"] is None, "due cleared")
     # the comment the bridge wrote in GitLab never comes back to the card
     assert [c["text"] for c in board.comments(card["id"])] == ["Fix in progress – Grüße ✓"]
+    # a comment that reads like a GitLab quick action is copied as text, and runs nothing
+    step(
+        lambda: alice.comment(card["id"], "/close"),
+        lambda i: len([n for n in gitlab.notes(PROJECT, iid) if "on Trello" in n["body"]]) == 2,
+        "second comment copied",
+    )
+    assert issue(gitlab, iid)["state"] == "opened"
     assert service.health()["dead_letters"] == 0
 
 

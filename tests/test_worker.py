@@ -247,7 +247,7 @@ def test_reconciliation_runs_on_one_instance_at_a_time(store, trello, tmp_path):
                 time.sleep(1.5)
                 assert not [c for c in gitlab.calls if "/issues" in c.path]
             wait_for(lambda: [c for c in gitlab.calls if "/issues" in c.path], 10, "a pass")
-            assert store.meta("last_reconcile_at") is not None
+            wait_for(lambda: store.meta("last_reconcile_at"), 10, "the pass recorded")
         finally:
             stop.set()
             if runner.is_alive():

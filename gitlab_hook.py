@@ -1,5 +1,5 @@
-"""Every GitLab detail: webhook headers, token and signature checks, payload shapes, timestamps,
-and the REST API (through python-gitlab) for backfill and reconciliation.
+"""GitLab's webhook: headers, token and signature checks, payload shapes of every release,
+timestamps; what GitLab sends, verified and parsed into the bridge's own events.
 
 ``parse_delivery`` turns one webhook request (headers + raw body) into either an ``IssueEvent``
 to store, an ``Ignored`` answer, or raises ``BadDelivery`` naming what is wrong. Every payload
@@ -25,13 +25,11 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
-
-import stamina
 
 from events import IssueEvent, Label, Note
 
@@ -319,7 +317,7 @@ def parse_note(data: Mapping[str, Any], headers: Mapping[str, str]) -> Delivery 
         state="closed" if issue.get("state") == "closed" else "opened",
         updated_at=None,
         project_path=_str_or_none(project.get("path_with_namespace")),
-        project_url=_str_or_none(project.get("web_url")) or _project_url(url),
+        project_url=_str_or_none(project.get("web_url")) or project_url_of(url),
         confidential=issue.get("confidential") is True or confidential_hook,
         author=author,
         note=Note(id=note_id, body=text, author=author, url=note_url),
@@ -369,7 +367,7 @@ def parse_issue(data: Mapping[str, Any], *, default_instance: str | None = None)
         url = f"{NO_LINK}{instance}|{project_id}|{iid}"
     else:
         instance = instance_of(url)
-        project_url = project_url or _project_url(url)
+        project_url = project_url or project_url_of(url)
     description = attrs.get("description")
     if description is not None and not isinstance(description, str):
         raise BadDelivery("object_attributes.description must be a string or null")
@@ -466,7 +464,7 @@ def instance_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
-def _project_url(issue_url: str) -> str:
+def project_url_of(issue_url: str) -> str:
     """``https://host/group/project/-/issues/5`` -> ``https://host/group/project``."""
     return re.sub(r"(/-)?/issues/\d+/?$", "", issue_url)
 
@@ -524,119 +522,3 @@ def _json_type(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------------- REST API
-
-
-class GitLabUnavailable(Exception):
-    """The GitLab REST API could not be reached or refused the request; says why."""
-
-
-def issue_from_rest(data: Mapping[str, Any], project: Mapping[str, Any]) -> IssueEvent:
-    """An issue as ``GET /projects/:id/issues`` returns it, as the same ``IssueEvent`` a
-    webhook gives: labels may be names or objects, the link is ``web_url``, ``assignees`` is
-    always present, the type is ``issue_type`` in lower case."""
-    url = data["web_url"]
-    raw_labels = data.get("labels") or []
-    labels = tuple(
-        Label(item["name"], item.get("color")) if isinstance(item, dict) else Label(str(item))
-        for item in raw_labels
-        if isinstance(item, dict | str)
-    )
-    work_type = str(data.get("issue_type") or "issue").replace("_", " ").title().replace(" ", "")
-    state = "closed" if data.get("state") == "closed" else "opened"
-    return IssueEvent(
-        instance=instance_of(url),
-        project_id=int(data["project_id"]),
-        iid=int(data["iid"]),
-        title=str(data.get("title") or ""),
-        url=url,
-        action="close" if state == "closed" else "update",
-        state=state,
-        updated_at=parse_time(data.get("updated_at")),
-        description=str(data.get("description") or ""),
-        project_path=project.get("path_with_namespace"),
-        project_url=project.get("web_url") or _project_url(url),
-        labels=labels,
-        assignees=tuple(a["username"] for a in data.get("assignees") or () if isinstance(a, dict)),
-        due_date=(data.get("due_date") or None),
-        confidential=data.get("confidential") is True,
-        moved_to_id=data.get("moved_to_id") if _is_int(data.get("moved_to_id")) else None,
-        work_item_type=work_type,
-        author=(data.get("author") or {}).get("username"),
-    )
-
-
-class GitLabAPI:
-    """The few REST calls the bridge makes, through python-gitlab."""
-
-    def __init__(self, url: str, private_token: str, *, timeout: float = 10.0) -> None:
-        import gitlab as python_gitlab  # the python-gitlab package
-
-        self._errors = (python_gitlab.exceptions.GitlabError, OSError)
-        self.url = url
-        # retries are ours (bounded by attempts and time): python-gitlab's own back off for
-        # minutes on a GitLab that does not answer
-        self.gl = python_gitlab.Gitlab(
-            url, private_token=private_token, timeout=timeout, retry_transient_errors=False
-        )
-
-    def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
-        def transient(exc: Exception) -> bool:
-            code = getattr(exc, "response_code", None)
-            return isinstance(exc, OSError) or (code is not None and (code >= 500 or code == 429))
-
-        try:
-            for attempt in stamina.retry_context(
-                on=transient, attempts=3, timeout=20, wait_initial=0.3, wait_max=3
-            ):
-                with attempt:
-                    return func(*args, **kwargs)
-        except self._errors as exc:
-            code = getattr(exc, "response_code", None)
-            detail = f"HTTP {code}" if code else type(exc).__name__
-            if code == 401:
-                detail += " (the private token is missing, wrong or expired)"
-            elif code == 404:
-                detail += " (no such project, or the token cannot see it)"
-            raise GitLabUnavailable(f"GitLab {what}: {detail}") from None
-
-    def whoami(self) -> str:
-        """The username the token belongs to (checks the token)."""
-        self._call("authentication", self.gl.auth)
-        return str(self.gl.user.username) if self.gl.user else "?"
-
-    def project(self, ref: str | int) -> dict[str, Any]:
-        """A project by id or ``group/path``."""
-        project = self._call(f"project {ref}", self.gl.projects.get, ref)
-        return dict(project.attributes)
-
-    def issues(
-        self,
-        project: Mapping[str, Any],
-        *,
-        state: str = "opened",
-        updated_after: float | None = None,
-    ) -> Iterator[IssueEvent]:
-        """Every issue of the project (all pages), oldest change first, as events."""
-        params: dict[str, Any] = {
-            "iterator": True,
-            "per_page": 50,
-            "order_by": "updated_at",
-            "sort": "asc",
-            "with_labels_details": True,
-        }
-        if state != "all":
-            params["state"] = state
-        if updated_after is not None:
-            params["updated_after"] = format_time(updated_after)
-        manager = self._call(
-            f"project {project['id']}", self.gl.projects.get, project["id"], lazy=True
-        ).issues
-        pages = self._call(
-            f"issues of {project.get('path_with_namespace')}", manager.list, **params
-        )
-        iterator = iter(pages)
-        while True:
-            item = self._call("issues (next page)", next, iterator, None)
-            if item is None:
-                return
-            yield issue_from_rest(item.attributes, project)
