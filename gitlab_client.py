@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -173,6 +174,13 @@ class Client:
         with self._lock:
             self._users[key] = user_id
         return user_id
+
+    def project_id(self, path: str) -> int:
+        """The id of the project at ``group/path``."""
+        encoded = urllib.parse.quote(path, safe="")
+        return int(
+            self._call(f"GET /projects/{path}", self.gl.http_get, f"/projects/{encoded}")["id"]
+        )
 
     def issue(self, project_id: int, iid: int) -> dict[str, Any]:
         path = f"/projects/{project_id}/issues/{iid}"

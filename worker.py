@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -303,7 +304,10 @@ class Worker:
         """Write what people did on the card to its issue, one action at a time, in the order
         they happened; return the issue's state with what the card now shows."""
         row = claim.issue
-        if claim.issue_key.startswith("trello-card:") or row is None or row.card_id is None:
+        if claim.issue_key.startswith("trello-card:"):
+            self._find_issue_of_card(claim, actions[0].event)
+            return row
+        if row is None or row.card_id is None:
             reason = "not a card of the bridge (or its issue is not in the map)"
             self.store.finish(claim, [(d.id, reason) for d in actions])
             log.info("%s: %d card action(s) ignored: %s", claim.issue_key, len(actions), reason)
@@ -342,6 +346,32 @@ class Worker:
             observe.observe_latency([self.clock() - delivery.received_at])
             log.info("%s: %s -> %s", claim.issue_key, action.describe, outcome)
         return dataclasses.replace(row, applied=applied)
+
+    def _find_issue_of_card(self, claim: Claim, action: Any) -> None:
+        """A card the map does not know (lost, or not the bridge's): its issue is the issue URL
+        in its description. Its actions then move to that issue's own key (and its order)."""
+        assert self.client is not None
+        card = self.client.get_card(action.card_id)
+        urls = sync.issue_urls(card.get("desc") or "")
+        issue_key = self._issue_key_of(urls[0]) if urls else None
+        if issue_key is None:
+            reason = "not a card of the bridge (no issue URL in its description)"
+            self.store.finish(claim, [(d.id, reason) for d in claim.deliveries])
+            log.info("card %s: %s", action.card_id, reason)
+            return
+        self.store.adopt_card(claim, issue_key, action.card_id, card.get("idBoard"))
+        log.info("card %s belongs to %s (found by its description)", action.card_id, issue_key)
+
+    def _issue_key_of(self, url: str) -> str | None:
+        """``instance|project id|iid`` of an issue URL (the project's id asked of GitLab)."""
+        match = re.match(r"^(https?://[^/]+)/(.+?)(?:/-)?/issues/(\d+)$", url)
+        if match is None or self.gitlab is None:
+            return None
+        try:
+            project_id = self.gitlab.project_id(match.group(2))
+        except gitlab_client.GitLabNotFound:
+            return None
+        return f"{gitlab_hook.instance_of(url)}|{project_id}|{int(match.group(3))}"
 
     def _write_gitlab(
         self, claim: Claim, delivery: Delivery, project_id: int, iid: int, write: sync_back.Write
@@ -426,6 +456,13 @@ class Worker:
             spec = sync.keep_card_values(spec, row.applied, newer)
         card_id = row.card_id if row else None
         applied = row.applied if row and row.card_id else None
+        if card_id is not None and applied is None:
+            # mapped by its description only (adopt_card): what the card shows, as if written
+            card = self.client.get_card(card_id)
+            board_labels = (
+                self.boards.labels(card.get("idBoard") or "") if card.get("idBoard") else {}
+            )
+            applied = sync.found_state(card, {v: k for k, v in board_labels.items()})
         if spec is None or spec.list_id is None:
             # no visible card wanted (confidential, or nowhere to put it): archive one if it exists
             if card_id and applied and not applied.get("closed"):

@@ -198,6 +198,11 @@ class Store(abc.ABC):
         """The issue key of the issue whose card this is, from the map."""
 
     @abc.abstractmethod
+    def adopt_card(self, claim: Claim, issue_key: str, card_id: str, board_id: str | None) -> None:
+        """Move the claim's pending deliveries (queued under a card's own key, its issue not
+        known then) to ``issue_key``, and map the card to that issue unless it has one."""
+
+    @abc.abstractmethod
     def mark_creating(self, claim: Claim) -> None:
         """Record, before a card is created, that a create is under way (``creating_at``)."""
 

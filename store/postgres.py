@@ -503,6 +503,21 @@ class PostgresStore(Store):
         rows = self._read("SELECT issue_key FROM issues WHERE card_id = %s LIMIT 1", (card_id,))
         return rows[0][0] if rows else None
 
+    def adopt_card(self, claim: Claim, issue_key: str, card_id: str, board_id: str | None) -> None:
+        with self._claim_session(claim) as conn:
+            conn.execute(
+                "UPDATE deliveries SET issue_key = %s WHERE issue_key = %s AND state = 'pending'",
+                (issue_key, claim.issue_key),
+            )
+            conn.execute(
+                "INSERT INTO issues (issue_key, card_id, board_id, changed_at)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (issue_key) DO UPDATE SET"
+                " card_id = COALESCE(issues.card_id, excluded.card_id),"
+                " board_id = COALESCE(issues.board_id, excluded.board_id)",
+                (issue_key, card_id, board_id, time.time()),
+            )
+            conn.execute(f"NOTIFY {CHANNEL}")
+
     def mark_creating(self, claim: Claim) -> None:
         now = time.time()
         with self._claim_session(claim) as conn:

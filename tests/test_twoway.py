@@ -412,3 +412,36 @@ def test_check_and_the_webhook_commands(make_bridge, board, gitlab):
     assert board.webhooks() == []
     missing = run_cli(service, "check")
     assert missing.returncode == 1 and "run ./gitlab2trello trello-webhook" in missing.stdout
+
+
+def forget_the_map(service: Service) -> None:
+    """Empty the issue-to-card map, as a database restored from an old backup would be."""
+    database = service.settings.get("store", {}).get("database")
+    if database:
+        import psycopg
+
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute("DELETE FROM issues")
+    else:
+        import sqlite3
+
+        with sqlite3.connect(service.database) as conn:
+            conn.execute("DELETE FROM issues")
+
+
+def test_a_card_the_map_lost_is_found_by_the_issue_url_in_its_description(
+    make_bridge, board, gitlab
+):
+    """With the map lost, a move finds its issue by the card's description; no second card."""
+    service = make_bridge()
+    iid, card = open_issue(service, board, gitlab, "Map lost")
+    service.stop()
+    forget_the_map(service)
+    service.start()
+    gitlab.reset_calls()
+    board.as_person("alice").move_card(card["id"], board.done_list_id)
+    wait_for(lambda: issue(gitlab, iid)["state"] == "closed", 30, "closed")
+    settle(service, board, gitlab)
+    assert gitlab.count_writes() == 1
+    assert [c["id"] for c in board.cards()] == [card["id"]]
+    assert card_of(board, iid)["idList"] == board.done_list_id
