@@ -163,6 +163,8 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "private_token": (_str, ""),
         "projects": (_csv, ""),
         "reconcile_interval": (_non_negative_float, "300"),
+        "default_project": (_str, ""),
+        "merge_requests": (_bool, "false"),
     },
     "trello": {
         "api_url": (_url, "https://api.trello.com/1"),
@@ -170,6 +172,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "token": (_str, ""),
         "list_id": (_trello_id_or_empty, ""),
         "done_list_id": (_trello_id_or_empty, ""),
+        "review_list_id": (_trello_id_or_empty, ""),
         "connect_timeout": (_non_negative_float, "3.05"),
         "read_timeout": (_non_negative_float, "10"),
         "secret": (_str, ""),
@@ -189,6 +192,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "enabled": (_bool, "false"),
         "callback_url": (_url, ""),
         "sync": (_sync_set, "lists, members, comments, due"),
+        "create_issues": (_bool, "false"),
         "actions_interval": (_non_negative_float, "60"),
     },
     "worker": {
@@ -233,6 +237,18 @@ class Config:
         """True when the worker has what it needs to write cards."""
         t = self.trello
         return bool(t["key"] and t["token"] and (t["list_id"] or self.projects))
+
+    def new_card_lists(self) -> dict[str, str]:
+        """New-card list id -> the project (id or path) a card added there becomes an issue of:
+        each ``[project:...] list_id``, and ``[trello] list_id`` for ``[gitlab] default_project``.
+        """
+        lists = {}
+        if self.default_routing.list_id and self.gitlab["default_project"]:
+            lists[self.default_routing.list_id] = self.gitlab["default_project"]
+        for name, routing in self.projects.items():
+            if routing.list_id and routing.list_id != self.default_routing.list_id:
+                lists[routing.list_id] = name
+        return lists
 
     def routings(self) -> list[Routing]:
         """The default routing and every project's."""

@@ -182,6 +182,33 @@ class Client:
             self._call(f"GET /projects/{path}", self.gl.http_get, f"/projects/{encoded}")["id"]
         )
 
+    def find_issue(self, project_id: int, text: str) -> dict[str, Any] | None:
+        """The issue whose description contains ``text`` (e.g. a card's URL), if any."""
+        path = f"/projects/{project_id}/issues"
+        found = self._call(
+            f"GET {path}",
+            self.gl.http_get,
+            path,
+            query_data={"search": text, "in": "description", "per_page": 20},
+        )
+        for issue in found or ():
+            if text in str(issue.get("description") or ""):
+                return dict(issue)
+        return None
+
+    def create_issue(self, project_id: int, title: str, description: str) -> dict[str, Any]:
+        """A new issue; not repeated blindly on a lost answer (``find_issue`` tells)."""
+        path = f"/projects/{project_id}/issues"
+        return dict(
+            self._call(
+                f"POST {path}",
+                self.gl.http_post,
+                path,
+                post_data={"title": title[:255], "description": description},
+                idempotent=False,
+            )
+        )
+
     def issue(self, project_id: int, iid: int) -> dict[str, Any]:
         path = f"/projects/{project_id}/issues/{iid}"
         return dict(self._call(f"GET {path}", self.gl.http_get, path))

@@ -182,6 +182,7 @@ def make_app(
     twoway = cfg.twoway
     trello_secret = cfg.trello["secret"]
     callback_url = twoway["callback_url"]
+    new_card_lists = frozenset(cfg.new_card_lists()) if twoway["create_issues"] else frozenset()
 
     @app.route("/trello", method=["GET", "HEAD"])
     def trello_check() -> HTTPResponse:
@@ -216,7 +217,11 @@ def make_app(
             assert isinstance(parsed, CardAction)
             known.refresh()
             reason = trello_hook.ignored_reason(
-                parsed, twoway["sync"], own_member=known.member_id, boards=known.boards
+                parsed,
+                twoway["sync"],
+                own_member=known.member_id,
+                boards=known.boards,
+                new_card_lists=new_card_lists,
             )
         if reason is not None:
             log.info("Trello action ignored: %s", reason)

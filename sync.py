@@ -220,6 +220,15 @@ def keep_card_values(
 _ISSUE_URL = re.compile(r"https?://[^\s)\]>\"']+/issues/\d+(?!\d)")
 
 
+_CARD_OF_ISSUE = re.compile(r"Created from Trello card https://trello\.com/c/([A-Za-z0-9]+)")
+
+
+def card_of_issue(description: str) -> str | None:
+    """The card (its short link) an issue was made from, named in its description."""
+    match = _CARD_OF_ISSUE.search(description or "")
+    return match.group(1) if match else None
+
+
 def issue_urls(text: str) -> list[str]:
     """The GitLab issue URLs a card description carries."""
     return _ISSUE_URL.findall(text)

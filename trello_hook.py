@@ -19,7 +19,13 @@ from typing import Any
 from events import CardAction
 from gitlab_hook import parse_time
 
-SYNCED_TYPES = ("updateCard", "commentCard", "addMemberToCard", "removeMemberFromCard")
+SYNCED_TYPES = (
+    "updateCard",
+    "commentCard",
+    "addMemberToCard",
+    "removeMemberFromCard",
+    "createCard",
+)
 
 
 class Unauthorized(Exception):
@@ -119,6 +125,8 @@ def parse_action(action: Mapping[str, Any]) -> CardAction | Ignored:
         if not isinstance(text, str):
             raise BadDelivery("commentCard action without data.text")
         fields["text"] = text
+    elif kind == "createCard":
+        list_id = _str(_obj(data.get("list")).get("id")) or list_id
     else:  # addMemberToCard, removeMemberFromCard
         target = _obj(action.get("member"))
         target_id = _str(data.get("idMember")) or _str(target.get("id"))
@@ -147,16 +155,22 @@ def ignored_reason(
     *,
     own_member: str | None,
     boards: frozenset[str] | None,
+    new_card_lists: frozenset[str] = frozenset(),
 ) -> str | None:
     """Why a well-formed card action is not synced, or None when it must be.
 
     ``own_member`` is the bridge's own Trello member (its changes never go back to GitLab) and
     ``boards`` the boards it manages; None when not known yet (the worker checks again).
+    ``new_card_lists``: where a card created by a person becomes an issue (empty: nowhere).
     """
     if own_member is not None and action.member_id == own_member:
         return "made by the bridge itself"
     if boards is not None and action.board_id not in boards:
         return f"board {action.board_id} is not one the bridge manages"
+    if action.what == "created":
+        if action.list_id not in new_card_lists:
+            return "cards created in this list do not become issues ([twoway] create_issues)"
+        return None
     if action.renamed:
         return "titles and descriptions stay GitLab's: a rename on Trello is not written back"
     concern = {"list": "lists", "archive": "lists", "comment": "comments"}.get(

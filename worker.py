@@ -8,6 +8,7 @@ issues overlap, the events of one issue are applied by one thread at a time, new
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -215,7 +216,11 @@ class Worker:
                     continue
                 newest = max(newest, action.date)
                 if trello_hook.ignored_reason(
-                    action, synced, own_member=self.trello_member_id, boards=frozenset(boards)
+                    action,
+                    synced,
+                    own_member=self.trello_member_id,
+                    boards=frozenset(boards),
+                    new_card_lists=self._new_card_lists(),
                 ):
                     continue
                 key = self.store.issue_for_card(action.card_id) or f"trello-card:{action.card_id}"
@@ -347,6 +352,11 @@ class Worker:
             log.info("%s: %s -> %s", claim.issue_key, action.describe, outcome)
         return dataclasses.replace(row, applied=applied)
 
+    def _new_card_lists(self) -> frozenset[str]:
+        if not self.config.twoway["create_issues"]:
+            return frozenset()
+        return frozenset(self.config.new_card_lists())
+
     def _find_issue_of_card(self, claim: Claim, action: Any) -> None:
         """A card the map does not know (lost, or not the bridge's): its issue is the issue URL
         in its description. Its actions then move to that issue's own key (and its order)."""
@@ -354,6 +364,9 @@ class Worker:
         card = self.client.get_card(action.card_id)
         urls = sync.issue_urls(card.get("desc") or "")
         issue_key = self._issue_key_of(urls[0]) if urls else None
+        created = [d for d in claim.deliveries if d.event.what == "created"]
+        if issue_key is None and created and action.member_id != self.trello_member_id:
+            issue_key = self._issue_from_card(claim, created[0], card)
         if issue_key is None:
             reason = "not a card of the bridge (no issue URL in its description)"
             self.store.finish(claim, [(d.id, reason) for d in claim.deliveries])
@@ -361,6 +374,41 @@ class Worker:
             return
         self.store.adopt_card(claim, issue_key, action.card_id, card.get("idBoard"))
         log.info("card %s belongs to %s (found by its description)", action.card_id, issue_key)
+
+    def _issue_from_card(
+        self, claim: Claim, delivery: Delivery, card: dict[str, Any]
+    ) -> str | None:
+        """A card a person added in a new-card list becomes an issue of that list's project
+        (once: an issue already carrying the card's URL is the one), and the card is renamed as
+        if the issue had been opened in GitLab. Returns the issue's key."""
+        assert self.client is not None and self.gitlab is not None
+        action = delivery.event
+        project = self._new_card_lists() and self.config.new_card_lists().get(action.list_id or "")
+        if not project:
+            return None
+        project_id = int(project) if project.isdigit() else self.gitlab.project_id(project)
+        card_url = (
+            card.get("shortUrl") or f"https://trello.com/c/{card.get('shortLink') or card['id']}"
+        )
+        issue = self.gitlab.find_issue(project_id, card_url)
+        if issue is None:
+            text = (card.get("desc") or "").strip()
+            description = (f"{text}\n\n" if text else "") + f"Created from Trello card {card_url}"
+            issue = self.gitlab.create_issue(project_id, card.get("name") or card_url, description)
+            log.info("card %s -> issue #%s of project %s", card["id"], issue["iid"], project)
+        event = gitlab_client.issue_from_rest(
+            issue,
+            {
+                "id": project_id,
+                "path_with_namespace": str(project) if not project.isdigit() else None,
+            },
+        )
+        routing = self.config.routing(project_id, event.project_path)
+        spec = sync.desired_card(event, routing, self.config.gitlab["confidential"])
+        if spec is not None:
+            self.client.update_card(card["id"], {"name": spec.name, "desc": spec.desc})
+        self.store.finish(claim, [(delivery.id, f"issue #{issue['iid']} created")])
+        return event.issue_key
 
     def _issue_key_of(self, url: str) -> str | None:
         """``instance|project id|iid`` of an issue URL (the project's id asked of GitLab)."""
@@ -473,6 +521,14 @@ class Worker:
             )
             return card_id
         board_id = self.boards.board_of(spec.list_id)
+        born = sync.card_of_issue(event.description) if card_id is None else None
+        if born is not None:
+            # an issue made from a card (its description says which): that card is its card
+            with contextlib.suppress(trello.TrelloNotFound):
+                found_card = self.client.get_card(born)
+                card_id = found_card["id"]
+                by_id = {v: k for k, v in self.boards.labels(board_id).items()}
+                applied = sync.found_state(found_card, by_id)
         if card_id is None and sync.issue_link(event):
             # a create may have been sent before (by a worker that died, here or elsewhere):
             # then the board is read again rather than trusted from the cache, once that

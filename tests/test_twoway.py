@@ -445,3 +445,50 @@ def test_a_card_the_map_lost_is_found_by_the_issue_url_in_its_description(
     assert gitlab.count_writes() == 1
     assert [c["id"] for c in board.cards()] == [card["id"]]
     assert card_of(board, iid)["idList"] == board.done_list_id
+
+
+def test_a_card_added_on_the_board_becomes_one_issue(make_bridge, board, gitlab):
+    """A person's card in the new-card list becomes one issue, renamed and linked like others."""
+    service = make_bridge(twoway={"create_issues": "true"}, gitlab={"default_project": PROJECT})
+    made = board.as_person("alice").create_card(board.list_id, "Export board as CSV", "As CSV")
+    wait_for(lambda: gitlab.issues(PROJECT), 20, "an issue")
+    settle(service, board, gitlab)
+    (created,) = gitlab.issues(PROJECT)
+    short = made["shortLink"]
+    assert created["title"] == "Export board as CSV"
+    assert (
+        created["description"] == f"As CSV\n\nCreated from Trello card https://trello.com/c/{short}"
+    )
+    (card,) = board.cards()
+    assert card["id"] == made["id"]
+    assert card["name"] == f"[ ISSUE {created['iid']} ] Export board as CSV"
+    assert card["desc"].startswith(created["web_url"])
+    # the same action again, a card in a list the configuration does not name: no new issue
+    (action,) = [a for a in board.actions(card_id=made["id"]) if a["type"] == "createCard"]
+    board.redeliver(action["id"])
+    board.as_person("bob").create_card(board.someday_id, "Just a note")
+    settle(service, board, gitlab)
+    assert len(gitlab.issues(PROJECT)) == 1
+    # and the issue lives on like any other: closing it moves its card
+    gitlab.as_user("bob").close_issue(PROJECT, created["iid"])
+    wait_for(lambda: card_of(board, created["iid"])["idList"] == board.done_list_id, 20, "Done")
+
+
+def test_a_card_becomes_one_issue_across_a_failed_rename_and_a_kill(make_bridge, board, gitlab):
+    """Issue created, rename failing, kill -9, restart: still one issue, the card renamed."""
+    service = make_bridge(
+        twoway={"create_issues": "true"},
+        gitlab={"default_project": PROJECT},
+        worker={"retry_initial_wait": 0.2, "retry_max_wait": 0.5},
+    )
+    board.fault("status", status=503, method="PUT", path_prefix="/cards", count=50)
+    made = board.as_person("alice").create_card(board.list_id, "Fix the login timeout")
+    wait_for(lambda: gitlab.issues(PROJECT), 20, "an issue")
+    time.sleep(1)  # a few failed renames
+    service.kill()
+    board.clear_faults()
+    service.start()
+    wait_for(lambda: board.cards()[0]["name"].startswith("[ ISSUE "), 30, "the card renamed")
+    settle(service, board, gitlab)
+    assert len(gitlab.issues(PROJECT)) == 1
+    assert [c["id"] for c in board.cards()] == [made["id"]]
