@@ -84,9 +84,17 @@ def test_each_delivery_parses_into_what_it_changed():
 
 
 def test_unsynced_and_malformed_deliveries():
-    """A card created, an unknown type: ignored; not JSON or no action: BadDelivery."""
-    created = trello_hook.parse(body("08-card-created-by-person.json"))
-    assert isinstance(created, trello_hook.Ignored)
+    """A card created counts only in a new-card list; an unknown type is ignored; not JSON or
+    no action: BadDelivery."""
+    created = action("08-card-created-by-person.json")
+    assert (created.what, created.list_id) == ("created", TODO)
+    assert trello_hook.ignored_reason(created, ALL, own_member=None, boards=None)
+    assert (
+        trello_hook.ignored_reason(
+            created, ALL, own_member=None, boards=None, new_card_lists=frozenset({TODO})
+        )
+        is None
+    )
     other = {"action": {"id": "a", "type": "addChecklistToCard", "data": {}}}
     assert isinstance(trello_hook.parse(json.dumps(other).encode()), trello_hook.Ignored)
     for bad in (b"{", b"[]", b'{"action": 3}', b'{"action": {"type": "updateCard"}}'):
