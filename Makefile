@@ -6,7 +6,7 @@ VENV   := .venv
 PORT   ?= 8080
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint unit bench bench-soak soak nginx postgres wrk clean
+.PHONY: run demo test lint unit bench bench-soak soak nginx postgres wrk clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ $(VENV)/.dev-deps: requirements.txt requirements-dev.txt | $(BIN)/python
 ## run: the whole service (web + worker) in the foreground on 127.0.0.1:$(PORT)
 run: $(VENV)/.run-deps
 	exec $(BIN)/uwsgi --ini deploy/uwsgi-base.ini --http11-socket 127.0.0.1:$(PORT)
+
+## demo: the bridge with the Trello and GitLab emulators on loopback, playing a short story
+demo: $(VENV)/.run-deps
+	$(BIN)/python demo.py
 
 ## nginx: install Debian's nginx-light when it is missing (needs root)
 nginx:
