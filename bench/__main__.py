@@ -1,7 +1,7 @@
 """``python -m bench [--quick] [NAME ...]``: run benchmarks, print them, write bench/results.md.
 
-Names: ack, seed, pace, calls, memory (all of them when none is given) and soak, which only runs
-when named: ``python -m bench soak --minutes 10``.
+Names: ack, pg, seed, pace, calls, memory (all of them when none is given) and soak, which only
+runs when named: ``python -m bench soak --minutes 10``. pg needs PostgreSQL (``make postgres``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from bench.common import (
     write_results,
 )
 
-SUITE = ("ack", "seed", "pace", "calls", "memory")
+SUITE = ("ack", "pg", "seed", "pace", "calls", "memory")
 EVERY = (*SUITE, "soak")
 
 HEADER = """# gitlab2trello benchmarks

@@ -18,15 +18,17 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 import requests
 
+from tests import postgres
 from tests.conftest import ROOT, UWSGI, Service, free_port, issue_payload, stop_group
 from tests.nginx import Nginx
 from tests.trello_emulator import TrelloEmulator
@@ -167,7 +169,7 @@ def markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
 
 
 SECTION_RE = re.compile(r"<!-- bench:(\w+) start -->.*?<!-- bench:\1 end -->", re.S)
-ORDER = ("ack", "seed", "pace", "calls", "memory", "soak")
+ORDER = ("ack", "pg", "seed", "pace", "calls", "memory", "soak")
 
 
 def write_results(path: Path, sections: list[Section], header: str) -> None:
@@ -321,13 +323,24 @@ def merge(*parts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 class Bridge(Service):
-    """The service under uWSGI; optionally also on a uwsgi-protocol socket for nginx."""
+    """The service under uWSGI; optionally also on a uwsgi-protocol socket for nginx.
+
+    Its store is a SQLite file in ``workdir`` unless ``database_url`` names a PostgreSQL
+    database (which several bridges may share).
+    """
 
     def __init__(
-        self, workdir: Path, settings: dict[str, dict[str, Any]], *, uwsgi_socket: bool = False
+        self,
+        workdir: Path,
+        settings: dict[str, dict[str, Any]],
+        *,
+        uwsgi_socket: bool = False,
+        database_url: str | None = None,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        super().__init__(workdir, merge(PRODUCTION_SETTINGS, settings))
+        store = {"store": {"database": database_url}} if database_url else {}
+        super().__init__(workdir, merge(PRODUCTION_SETTINGS, settings, store))
+        self.database_url = database_url
         self.uwsgi_port: int | None = None
         if uwsgi_socket:
             self.uwsgi_port = free_port()
@@ -351,23 +364,45 @@ class Bridge(Service):
             time.sleep(0.1)
         return False
 
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of this instance's samples of one metric (``/metrics``) with these labels."""
+        total = 0.0
+        text = requests.get(self.url + "/metrics", timeout=10).text
+        for line in text.splitlines():
+            if not line.startswith(name + "{") and not line.startswith(name + " "):
+                continue
+            sample, value = line.rsplit(" ", 1)
+            if all(f'{key}="{want}"' in sample for key, want in labels.items()):
+                total += float(value)
+        return total
+
     def db(self) -> sqlite3.Connection:
-        """The store, opened read-only."""
+        """The SQLite store, opened read-only."""
         return sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=10)
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read of the store, SQLite or PostgreSQL (``?`` marks the arguments)."""
+        if self.database_url:
+            with psycopg.connect(self.database_url, connect_timeout=5) as conn:
+                return conn.execute(sql.replace("?", "%s"), args).fetchall()
+        with contextlib.closing(self.db()) as conn:
+            return conn.execute(sql, args).fetchall()
 
     def stored_ids(self, prefix: str) -> set[int]:
         """Ids of the deliveries whose Idempotency-Key starts with ``prefix``."""
         low = "key:" + prefix
-        high = low[:-1] + chr(ord(low[-1]) + 1)
-        with contextlib.closing(self.db()) as conn:
-            rows = conn.execute(
+        if self.database_url:  # LIKE, not a range: the database's collation may skip "-"
+            escaped = low.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            rows = self.query("SELECT id FROM deliveries WHERE dedupe_key LIKE ?", (escaped + "%",))
+        else:
+            high = low[:-1] + chr(ord(low[-1]) + 1)
+            rows = self.query(
                 "SELECT id FROM deliveries WHERE dedupe_key >= ? AND dedupe_key < ?", (low, high)
             )
-            return {row[0] for row in rows}
+        return {int(row[0]) for row in rows}
 
     def count(self, where: str = "") -> int:
-        with contextlib.closing(self.db()) as conn:
-            return int(conn.execute(f"SELECT COUNT(*) FROM deliveries {where}").fetchone()[0])
+        return int(self.query(f"SELECT COUNT(*) FROM deliveries {where}")[0][0])
 
 
 @contextlib.contextmanager
@@ -384,9 +419,38 @@ def running(*things: Any) -> Iterator[None]:
 # ---------------------------------------------------------------------------- other servers
 
 
-def production_nginx(workdir: Path, upstream_port: int) -> Nginx:
-    """nginx serving the shipped site file (deploy/nginx-gitlab2trello.conf), access log off."""
+def production_nginx(workdir: Path, upstream_port: int | Sequence[int]) -> Nginx:
+    """nginx serving a shipped site file, access log off.
+
+    One port: deploy/nginx-gitlab2trello.conf in front of one instance; several:
+    deploy/nginx-gitlab2trello-upstream.conf with its upstream's instances moved to them.
+    """
     return Nginx(str(NGINX), workdir, upstream_port, access_log=False)
+
+
+class Postgres:
+    """Fresh databases on the PostgreSQL ``tests.postgres.find_postgres`` picks.
+
+    ``stop()`` drops every one made (with whatever connections they still have), and stops the
+    server when it was started for this run.
+    """
+
+    def __init__(self) -> None:
+        self.admin_url, self._stop = postgres.find_postgres()
+        self.made: list[str] = []
+
+    def database(self) -> str:
+        """The URL of a new, empty database."""
+        self.made.append(postgres.create_database(self.admin_url))
+        return self.made[-1]
+
+    def stop(self) -> None:
+        try:
+            for url in self.made:
+                with contextlib.suppress(psycopg.Error):
+                    postgres.drop_database(self.admin_url, url)
+        finally:
+            self._stop()
 
 
 class UwsgiApp:
