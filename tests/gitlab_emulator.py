@@ -1,5 +1,5 @@
 """An emulator of the GitLab REST API (v4) the bridge reads and writes, and of the webhooks
-GitLab sends when issues change.
+GitLab sends when issues and merge requests change.
 
 Tests give the bridge ``GitLabEmulator().url`` as the GitLab instance URL (the API lives under
 ``/api/v4``), and seed projects and issues through the Python methods. It serves, over real
@@ -16,7 +16,16 @@ HTTP on loopback:
   ``labels``, ``add_labels``, ``remove_labels``, ``assignee_ids``, ``due_date``, ``title``,
   ``description``, ``confidential``...), ``DELETE /projects/:id/issues/:iid`` and
   ``POST /projects/:id/issues/:iid/notes``, with JSON or form-encoded bodies. Edits add
-  GitLab's system notes; comments run a subset of quick actions (``/close``, ``/label``...).
+  GitLab's system notes; comments run a subset of quick actions (``/close``, ``/label``...);
+- merge requests: ``GET /projects/:id/merge_requests`` (``state``, branch and time filters),
+  ``POST /projects/:id/merge_requests``, ``GET``/``PUT /projects/:id/merge_requests/:iid``
+  (``title``, ``description``, ``target_branch``, ``state_event``),
+  ``PUT .../merge_requests/:iid/merge`` (merging closes the issues it closes, each with its
+  ``close`` webhook, as the merging user) and ``GET .../merge_requests/:iid/closes_issues``:
+  the issues GitLab's default closing pattern finds in the title and description (``Closes
+  #12``, ``fixes #3, #4 and group/project#7``, links to this instance's issues), worked out
+  while the request is open and kept once it is closed or merged, whatever the issues' state;
+  nothing unless it targets ``main``.
 
 Authentication is ``PRIVATE-TOKEN``, ``Authorization: Bearer`` or the ``private_token`` /
 ``access_token`` query parameter. Each token belongs to a user and has scopes: writes need
@@ -29,7 +38,8 @@ Webhooks: project hooks (``add_hook``) receive every change made through the API
 from a background thread, in order, with GitLab's headers (``X-Gitlab-Event``, ``X-Gitlab-Token``,
 ``Idempotency-Key``, ``X-Gitlab-Webhook-UUID``, ``X-Gitlab-Event-UUID``, ``X-Gitlab-Instance``,
 ``User-Agent``, and Standard Webhooks signing when the hook has a signing token) and payloads
-shaped like tests/fixtures/01-issue-open.json and 07-note-on-issue.json. Like GitLab it never
+shaped like tests/fixtures/01-issue-open.json, 07-note-on-issue.json and
+08-merge-request-open.json (hooks with ``merge_requests_events``). Like GitLab it never
 retries: one attempt, a 10 s timeout; optional auto-disabling after consecutive failures.
 Seeding (``add_issue``, ``update_issue``) stays silent, as if those deliveries were lost.
 
@@ -131,8 +141,31 @@ HOOK_TRIGGERS = (
 HOOK_FAILURES_TO_DISABLE, HOOK_FAILURES_FOR_GOOD, HOOK_MAX_BACKOFF = 4, 40, 86_400.0
 PERSON_ACTS = (
     "open_issue", "close_issue", "reopen_issue", "edit_issue", "comment", "delete_issue",
-    "move_issue",
+    "move_issue", "open_merge_request", "close_merge_request", "reopen_merge_request",
+    "edit_merge_request", "merge",
 )  # fmt: skip
+# Merge requests.
+MERGE_REQUEST_HOOK = "Merge Request Hook"
+MR_LIST_STATES = ("opened", "closed", "locked", "merged", "all")
+MR_STATE_IDS = {"opened": 1, "closed": 2, "merged": 3, "locked": 4}
+# The order_by values GitLab accepts; those the emulator does not model sort as created_at.
+MR_ORDER_BY = (
+    "created_at", "label_priority", "milestone_due", "popularity", "priority", "title",
+    "updated_at", "merged_at",
+)  # fmt: skip
+MR_NOT_FOUND = {"message": "404 Merge Request Not Found"}
+DEFAULT_BRANCH = "main"  # every project's default branch: only merges into it close issues
+METHOD_NOT_ALLOWED = {"message": "405 Method Not Allowed"}
+# PUT /projects/:id/merge_requests/:iid wants at least one of these (API::MergeRequests).
+MR_UPDATE_PARAMS = (
+    "assignee_id", "assignee_ids", "reviewer_ids", "description", "labels", "add_labels",
+    "remove_labels", "milestone_id", "milestone", "remove_source_branch", "allow_collaboration",
+    "allow_maintainer_to_push", "squash", "target_branch", "title", "state_event",
+    "discussion_locked", "merge_after",
+)  # fmt: skip
+_MR_PERSON_FIELDS = frozenset({"title", "description", "target_branch"})
+# Gitlab::Regex.merge_request_draft: a title starting so marks a draft.
+_DRAFT = re.compile(r"\A(?:\[draft\]|\(draft\)|draft:)", re.IGNORECASE)
 # Grape's boolean coercion.
 _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
 _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
@@ -167,6 +200,12 @@ ROUTES = [
     ("GET", "/projects/{}/issues/{}/notes", "_list_notes"),
     ("POST", "/projects/{}/issues/{}/notes", "_create_note"),
     ("GET", "/projects/{}/issues/{}/notes/{}", "_get_note"),
+    ("GET", "/projects/{}/merge_requests", "_list_merge_requests"),
+    ("POST", "/projects/{}/merge_requests", "_create_merge_request"),
+    ("GET", "/projects/{}/merge_requests/{}", "_get_merge_request"),
+    ("PUT", "/projects/{}/merge_requests/{}", "_update_merge_request"),
+    ("PUT", "/projects/{}/merge_requests/{}/merge", "_merge_merge_request"),
+    ("GET", "/projects/{}/merge_requests/{}/closes_issues", "_list_closes_issues"),
 ]
 _COMPILED_ROUTES = emulator_http.compile_routes(ROUTES)
 # Handlers a read_user token may call.
@@ -197,8 +236,8 @@ class Write(NamedTuple):
 
 class HookDelivery(NamedTuple):
     """One webhook delivery attempt: the ``X-Gitlab-Event`` header, the payload's action
-    (``open``, ``update``, ``close``, ``reopen``; ``create`` for a note) and the status
-    answered, 0 when nothing answered in time."""
+    (``open``, ``update``, ``close``, ``reopen``, ``merge`` for a merge request; ``create`` for
+    a note) and the status answered, 0 when nothing answered in time."""
 
     event: str
     action: str | None
@@ -569,6 +608,45 @@ def _fuzzy_match(text: str, query: str) -> bool:
     return text == query.lower()
 
 
+# ------------------------------------------------------------------------- closing patterns
+# Gitlab::ClosingIssueExtractor: GitLab's default issue_closing_pattern (gitlab.yml) with
+# %{issue_ref} filled in as a link (HTTP_LINK_PATTERN) or an issue reference
+# (Issue.reference_pattern: [[namespace/]project]#iid, the iid followed by a non-word
+# character). The keywords are case-sensitive but for their first letter; the separators
+# are spaces, never newlines. Ruby's \w, \d and \b are ASCII-only: re.ASCII.
+_PATH_SEGMENT = r"[A-Za-z0-9_.][A-Za-z0-9_.-]*"
+# Project.reference_pattern (simplified PathRegex): an optional namespace and a project.
+_PROJECT_REF = (
+    rf"(?<![A-Za-z0-9_.])(?P<absolute>/)?"
+    rf"(?:(?P<namespace>{_PATH_SEGMENT}(?:/{_PATH_SEGMENT})*)/)?(?P<project>{_PATH_SEGMENT})"
+)
+_ISSUE_NUMBER = r"(?P<iid>\d+)(?:\+s?)?(?=\W|\Z)"
+_HTTP_LINK = r"https?://[^\s>]{1,300}(?<![?!.,:])"
+
+
+def _unnamed(pattern: str) -> str:
+    return re.sub(r"\(\?P<\w+>", "(?:", pattern)
+
+
+_CLOSING_PATTERN = re.compile(
+    r"\b((?:[Cc]los(?:e[sd]?|ing)|\b[Ff]ix(?:e[sd]|ing)?|\b[Rr]esolv(?:e[sd]?|ing)"
+    r"|\b[Ii]mplement(?:s|ed|ing)?)(:?) +(?:(?:issues? +)?"
+    rf"(?:(?:{_HTTP_LINK})|(?:{_unnamed(f'(?:{_PROJECT_REF})?#{_ISSUE_NUMBER}')}))"
+    r"(?:(?: *,? +and +| *,? *)?)|([A-Z][A-Z0-9_]+-\d+))+)",
+    re.ASCII,
+)
+# What the reference extractor then finds in those statements: autolinked URLs (whole
+# links only) and short references in the text outside them.
+_TEXT_LINK = re.compile(r"[a-z][a-z0-9+.-]+://[^\s>]+(?<![?!.,:])", re.ASCII)
+_SHORT_ISSUE_REF = re.compile(rf"(?:{_PROJECT_REF})?#{_ISSUE_NUMBER}", re.ASCII)
+
+
+def closing_statements(text: str) -> list[str]:
+    """The closing statements in ``text`` as GitLab finds them: ``Closes #12``, ``fixes #3,
+    #4 and group/project#7``, ``Resolves https://host/group/project/-/issues/9``..."""
+    return [match.group(0) for match in _CLOSING_PATTERN.finditer(text or "")]
+
+
 def _loopback_url(url: str) -> str:
     """Hooks may only point at this machine: ``http://`` to a loopback address."""
     split = urlsplit(str(url))
@@ -618,8 +696,9 @@ def _label_refs(names: list[str]) -> str:
 class Person:
     """Someone working in GitLab's web UI: each change is exactly what the API call would do,
     and fires the webhooks with this person as ``user``. Issue changes return the issue in REST
-    form as it is afterwards; ``comment`` returns the note. Not recorded as API calls. Unknown
-    projects or issues raise KeyError, bad values ValueError."""
+    form as it is afterwards, merge request changes the merge request; ``comment`` returns the
+    note. Not recorded as API calls. Unknown projects, issues or merge requests raise KeyError,
+    bad values and refused changes ValueError."""
 
     def __init__(self, emulator: GitLabEmulator, username: str) -> None:
         self._emu = emulator
@@ -663,6 +742,43 @@ class Person:
         the old one with ``moved_to_id`` set. Returns the new issue."""
         return self._emu._person_move(self.username, project, iid, to_project)
 
+    def open_merge_request(
+        self,
+        project: int | str,
+        title: str,
+        description: str = "",
+        source_branch: str | None = None,
+        target_branch: str = "main",
+    ) -> dict:
+        """A new merge request from ``source_branch`` (default: one named after the title)
+        into ``target_branch``; fires ``open``. Returns it in REST form; ``closes_issues``
+        then lists what its title and description close (when it targets ``main``)."""
+        return self._emu._person_open_mr(
+            self.username, project, title, description, source_branch, target_branch
+        )
+
+    def close_merge_request(self, project: int | str, iid: int) -> dict:
+        """Fires ``close`` (nothing unless open)."""
+        return self._emu._person_edit_mr(self.username, project, iid, {"state_event": "close"})
+
+    def reopen_merge_request(self, project: int | str, iid: int) -> dict:
+        """Fires ``reopen`` (nothing unless closed; a merged request stays merged)."""
+        return self._emu._person_edit_mr(self.username, project, iid, {"state_event": "reopen"})
+
+    def edit_merge_request(self, project: int | str, iid: int, **fields: Any) -> dict:
+        """Change ``title``, ``description``, ``target_branch``; fires ``update`` when anything
+        changed. The issues it closes are worked out again while it is open."""
+        unknown = set(fields) - _MR_PERSON_FIELDS
+        if unknown:
+            raise TypeError(f"unknown merge request fields: {sorted(unknown)}")
+        edit = {k: "" if v is None else str(v) for k, v in fields.items()}
+        return self._emu._person_edit_mr(self.username, project, iid, edit)
+
+    def merge(self, project: int | str, iid: int) -> dict:
+        """Merge it (ValueError unless open and not a draft): fires ``merge``, then closes
+        the issues it closes, each firing its ``close`` with this person as ``user``."""
+        return self._emu._person_merge(self.username, project, iid)
+
 
 class GitLabEmulator(emulator_http.LoopbackEmulator):
     """A GitLab REST API on loopback; seed and inspect its projects and issues, act as people,
@@ -697,6 +813,8 @@ class GitLabEmulator(emulator_http.LoopbackEmulator):
         self._next_note_id = 1
         self._next_token_id = 1
         self._next_hook_id = 1
+        self._merge_requests: dict[int, dict[int, dict[str, Any]]] = {}  # by project id, iid
+        self._next_mr_id = 9001
         self._calls: list[Call] = []
         self._writes: list[Write] = []
         self._faults: list[_Fault] = []
@@ -843,6 +961,7 @@ class GitLabEmulator(emulator_http.LoopbackEmulator):
             }
             self._issues[project_id] = {}
             self._labels[project_id] = {}
+            self._merge_requests[project_id] = {}
             return self._project_view(self._projects[project_id])
 
     def add_label(
@@ -1147,8 +1266,26 @@ class GitLabEmulator(emulator_http.LoopbackEmulator):
                 if system is None or note["system"] == system
             ]
 
+    def merge_request(self, project: int | str, iid: int) -> dict:
+        """A merge request in REST form (``GET /projects/:id/merge_requests/:iid``)."""
+        with self._python_api():
+            _, mr = self._mr_ref(project, str(iid))
+            return self._mr_view(mr, single=True)
+
+    def merge_requests(self, project: int | str) -> list[dict]:
+        """Every merge request of the project in REST form, by iid."""
+        with self._python_api():
+            mrs = self._merge_requests[self._project_ref(project)["id"]]
+            return [self._mr_view(mrs[iid], single=True) for iid in sorted(mrs)]
+
+    def closes_issues(self, project: int | str, iid: int) -> list[dict]:
+        """What ``GET .../merge_requests/:iid/closes_issues`` lists, unpaginated."""
+        with self._python_api():
+            _, mr = self._mr_ref(project, str(iid))
+            return [self._issue_basic_view(issue) for _, issue in self._closing_issues(mr)]
+
     def state(self) -> dict:
-        """Projects, issues, notes, users and hooks as plain JSON-ready data."""
+        """Projects, issues, notes, users, hooks and merge requests as plain JSON-ready data."""
         with self._lock:
             return {
                 "projects": [self._project_view(r) for r in self._projects.values()],
@@ -1160,6 +1297,11 @@ class GitLabEmulator(emulator_http.LoopbackEmulator):
                 "notes": [self._note_view(n) for notes in self._notes.values() for n in notes],
                 "users": [self._user_view(u) for u in self._users.values()],
                 "hooks": [self._hook_view(h) for h in self._hooks.values()],
+                "merge_requests": [
+                    self._mr_view(mr, single=True)
+                    for mrs in self._merge_requests.values()
+                    for mr in mrs.values()
+                ],
             }
 
     @property
@@ -1565,6 +1707,147 @@ class GitLabEmulator(emulator_http.LoopbackEmulator):
             return _json_reply(202, outcome)
         return _json_reply(201, outcome)
 
+    # ----------------------------------------------------------------- API handlers: MRs
+    def _get_merge_request(self, request: _Request, ref: str, raw_iid: str) -> dict:
+        _, mr = self._mr_ref(ref, raw_iid)
+        return self._mr_view(mr, single=True)
+
+    def _list_merge_requests(self, request: _Request, ref: str) -> _Reply:
+        """MergeRequestsFinder's filters the bridge could use: ``state``, ``iids[]``,
+        ``source_branch``, ``target_branch``, ``search`` (``in``), created/updated bounds;
+        ``order_by`` and ``sort``; offset pagination."""
+        p = request.params
+        state = _param_choice(p, "state", MR_LIST_STATES, "all")
+        order_by = _param_choice(p, "order_by", MR_ORDER_BY, "created_at")
+        descending = _param_choice(p, "sort", SORTS, "desc") == "desc"
+        bounds = {
+            name: _param_time(p, name)
+            for name in ("created_after", "created_before", "updated_after", "updated_before")
+        }
+        page = max(1, _param_int(p, "page", 1))
+        per_page = _param_int(p, "per_page", DEFAULT_PER_PAGE)
+        per_page = DEFAULT_PER_PAGE if per_page < 1 else min(per_page, MAX_PER_PAGE)
+        try:
+            iids = {int(v) for k, v in request.pairs if k in ("iids[]", "iids")}
+        except ValueError:
+            raise ApiError(400, {"error": "iids is invalid"}) from None
+        search = p.get("search") or ""
+        fields = [f.strip() for f in (p.get("in") or "").split(",") if f.strip() in SEARCH_FIELDS]
+        fields = fields or list(SEARCH_FIELDS)
+        record = self._project_ref(ref)
+
+        def keep(mr: dict[str, Any]) -> bool:
+            stamps = mr["created_at"], mr["updated_at"]
+            after = bounds["created_after"], bounds["updated_after"]
+            before = bounds["created_before"], bounds["updated_before"]
+            if any(b is not None and s < b for s, b in zip(stamps, after, strict=True)):
+                return False
+            if any(b is not None and s > b for s, b in zip(stamps, before, strict=True)):
+                return False
+            return (
+                (state == "all" or mr["state"] == state)
+                and (not iids or mr["iid"] in iids)
+                and p.get("source_branch") in (None, mr["source_branch"])
+                and p.get("target_branch") in (None, mr["target_branch"])
+                and (not search or any(_fuzzy_match(mr[f], search) for f in fields))
+            )
+
+        modelled = ("created_at", "updated_at", "title", "merged_at")
+        column = order_by if order_by in modelled else "created_at"
+        rows = [mr for mr in self._merge_requests[record["id"]].values() if keep(mr)]
+        dated = [mr for mr in rows if mr[column] is not None]
+        dated.sort(key=lambda mr: (mr[column], mr["id"]), reverse=descending)
+        undated = sorted((mr for mr in rows if mr[column] is None), key=lambda mr: mr["id"])
+        rows = dated + undated  # NULLS LAST, as PostgreSQL orders merged_at
+        chosen = rows[(page - 1) * per_page : page * per_page]
+        headers = self._page_headers(request, page, per_page, len(rows), bool(chosen))
+        return _json_reply(200, [self._mr_view(mr, single=False) for mr in chosen], headers)
+
+    def _create_merge_request(self, request: _Request, ref: str) -> _Reply:
+        p = request.inputs()
+        missing = [name for name in ("title", "source_branch", "target_branch") if name not in p]
+        if missing:
+            raise ApiError(400, {"error": ", ".join(f"{name} is missing" for name in missing)})
+        edit = self._mr_api_edit(p, creating=True)
+        record = self._project_ref(ref)
+        mr = self._open_mr(record, request.actor, edit, self._event_uuid(request))
+        reply = _json_reply(201, self._mr_view(mr, single=True))
+        self._checked(mr)
+        return reply
+
+    def _update_merge_request(self, request: _Request, ref: str, raw_iid: str) -> dict:
+        self._mr_iid(raw_iid)
+        p = request.inputs()
+        if not any(name in p for name in MR_UPDATE_PARAMS):
+            missing = ", ".join(MR_UPDATE_PARAMS)
+            raise ApiError(
+                400, {"error": f"{missing} are missing, at least one parameter must be provided"}
+            )
+        edit = self._mr_api_edit(p, creating=False)
+        record, mr = self._mr_ref(ref, raw_iid)
+        self._apply_mr_edit(record, mr, request.actor, edit, self._event_uuid(request))
+        return self._mr_view(mr, single=True)
+
+    def _merge_merge_request(self, request: _Request, ref: str, raw_iid: str) -> dict:
+        """``PUT .../merge``: 409 when ``sha`` is not the source branch's head, 405 unless the
+        request is open and not a draft; the other parameters (``squash``, ``auto_merge``,
+        ``merge_commit_message``...) change nothing here."""
+        self._mr_iid(raw_iid)
+        p = request.inputs()
+        record, mr = self._mr_ref(ref, raw_iid)
+        if p.get("sha") is not None and _value_str(p["sha"], "sha") != mr["sha"]:
+            raise ApiError(
+                409, {"message": f"SHA does not match HEAD of source branch: {mr['sha']}"}
+            )
+        self._merge_mr(record, mr, request.actor, self._event_uuid(request))
+        return self._mr_view(mr, single=True)
+
+    def _list_closes_issues(self, request: _Request, ref: str, raw_iid: str) -> _Reply:
+        """The issues merging will close (``visible_closing_issues_for``), as IssueBasic,
+        paginated."""
+        p = request.params
+        page = max(1, _param_int(p, "page", 1))
+        per_page = _param_int(p, "per_page", DEFAULT_PER_PAGE)
+        per_page = DEFAULT_PER_PAGE if per_page < 1 else min(per_page, MAX_PER_PAGE)
+        _, mr = self._mr_ref(ref, raw_iid)
+        rows = self._closing_issues(mr)
+        chosen = rows[(page - 1) * per_page : page * per_page]
+        headers = self._page_headers(request, page, per_page, len(rows), bool(chosen))
+        return _json_reply(200, [self._issue_basic_view(i) for _, i in chosen], headers)
+
+    @staticmethod
+    def _mr_iid(raw_iid: str) -> int:
+        try:
+            return int(raw_iid)
+        except ValueError:
+            raise ApiError(400, {"error": "merge_request_iid is invalid"}) from None
+
+    def _mr_api_edit(self, p: dict[str, Any], *, creating: bool) -> dict[str, Any]:
+        """The merge request parameters the emulator models, type-checked as Grape does:
+        ``title``, ``description``, ``source_branch`` (creating only), ``target_branch``,
+        ``remove_source_branch``, ``state_event`` (updating only). Blank ``title`` or
+        ``target_branch`` on an update is Grape's ``is empty``."""
+        edit: dict[str, Any] = {}
+        names = ["title", "description", "target_branch"] + (["source_branch"] if creating else [])
+        for name in names:
+            if name in p:
+                edit[name] = _value_str(p[name], name)
+        if "description" in edit and edit["description"] is None:
+            edit["description"] = ""
+        if not creating:
+            for name in ("title", "target_branch"):
+                if name in edit and not (edit[name] or "").strip():
+                    raise ApiError(400, {"error": f"{name} is empty"})
+            if "state_event" in p:
+                if p["state_event"] not in ("close", "reopen"):
+                    raise ApiError(400, {"error": "state_event does not have a valid value"})
+                edit["state_event"] = p["state_event"]
+        if p.get("remove_source_branch") is not None:
+            edit["remove_source_branch"] = _value_bool(
+                p["remove_source_branch"], "remove_source_branch"
+            )
+        return edit
+
     @staticmethod
     def _event_uuid(request: _Request) -> str | None:
         """A receiver calling the API with the ``X-Gitlab-Event-UUID`` it got passes it on to
@@ -1711,6 +1994,298 @@ class GitLabEmulator(emulator_http.LoopbackEmulator):
             self._system_note(record, issue, username, f"moved to {to_ref}")
             self._fire_issue(record, issue, username, "close", self._changes(before, issue), None)
             return self._issue_view(moved, single=True)
+
+    def _person_open_mr(
+        self,
+        username: str,
+        project: int | str,
+        title: str,
+        description: str | None,
+        source_branch: str | None,
+        target_branch: str,
+    ) -> dict:
+        with self._python_api():
+            record = self._project_ref(project)
+            if source_branch is None:
+                source_branch = self._branch_for(record, str(title))
+            edit = {
+                "title": str(title),
+                "description": "" if description is None else str(description),
+                "source_branch": str(source_branch),
+                "target_branch": str(target_branch),
+                "remove_source_branch": True,  # the UI's checkbox, ticked by default
+            }
+            mr = self._open_mr(record, username, edit, None)
+            view = self._mr_view(mr, single=True)
+            self._checked(mr)
+            return view
+
+    def _person_edit_mr(
+        self, username: str, project: int | str, iid: int, edit: dict[str, Any]
+    ) -> dict:
+        with self._python_api():
+            record, mr = self._mr_ref(project, str(iid))
+            self._apply_mr_edit(record, mr, username, edit, None)
+            return self._mr_view(mr, single=True)
+
+    def _person_merge(self, username: str, project: int | str, iid: int) -> dict:
+        with self._python_api():
+            record, mr = self._mr_ref(project, str(iid))
+            self._merge_mr(record, mr, username, None)
+            return self._mr_view(mr, single=True)
+
+    def _branch_for(self, record: dict[str, Any], title: str) -> str:
+        """A source branch named after the title, not used by another open merge request."""
+        slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:60].strip("-") or "patch"
+        taken = {
+            mr["source_branch"]
+            for mr in self._merge_requests[record["id"]].values()
+            if mr["state"] == "opened"
+        }
+        name, n = slug, 2
+        while name in taken or name == DEFAULT_BRANCH:
+            name, n = f"{slug}-{n}", n + 1
+        return name
+
+    # ----------------------------------------------------------------- merge request changes
+    def _mr_ref(self, ref: int | str, raw_iid: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        iid = self._mr_iid(raw_iid)
+        record = self._project_ref(ref)
+        mr = self._merge_requests[record["id"]].get(iid)
+        if mr is None:
+            raise ApiError(404, MR_NOT_FOUND)
+        return record, mr
+
+    @staticmethod
+    def _check_mr_text(edit: dict[str, Any]) -> None:
+        _check_text(edit)
+        errors = {
+            name: ["can't be blank"]
+            for name in ("source_branch", "target_branch")
+            if name in edit and not (edit[name] or "").strip()
+        }
+        if errors:
+            raise ApiError(400, {"message": errors})
+
+    def _check_branches(
+        self, record: dict[str, Any], source: str, target: str, exclude: int | None
+    ) -> None:
+        """MergeRequest#validate_branches: 422 for the same branch on both sides, 409 when
+        another open merge request has the same source and target."""
+        if source == target:
+            raise ApiError(
+                422, {"message": ["You can't use same project/branch for source and target"]}
+            )
+        for other in self._merge_requests[record["id"]].values():
+            if (
+                other["id"] != exclude
+                and other["state"] == "opened"
+                and (other["source_branch"], other["target_branch"]) == (source, target)
+            ):
+                text = "Another open merge request already exists for this source branch"
+                raise ApiError(409, {"message": [f"{text}: !{other['iid']}"]})
+
+    def _open_mr(
+        self,
+        record: dict[str, Any],
+        actor: str,
+        edit: dict[str, Any],
+        event_uuid: str | None,
+    ) -> dict[str, Any]:
+        """A new merge request from a validated edit, its closing issues worked out, and its
+        ``open`` webhook (``changes: {}``, ``merge_status: checking``, as GitLab sends it)."""
+        edit = {**edit, "title": edit.get("title") or "", "description": edit.get("description")}
+        edit["description"] = edit["description"] or ""
+        self._check_mr_text(edit)
+        source, target = str(edit["source_branch"]), str(edit["target_branch"])
+        self._check_branches(record, source, target, None)
+        mrs = self._merge_requests[record["id"]]
+        now = _now()
+        mr = {
+            "id": self._next_mr_id,
+            "iid": max(mrs, default=0) + 1,
+            "project_id": record["id"],
+            "title": edit["title"],
+            "description": edit["description"],
+            "state": "opened",
+            "source_branch": source,
+            "target_branch": target,
+            "author": actor,
+            "created_at": now,
+            "updated_at": now,
+            "updated_by": None,
+            "last_edited_at": None,
+            "last_edited_by": None,
+            "merged_at": None,
+            "merged_by": None,
+            "closed_at": None,
+            "closed_by": None,
+            "merge_status": "checking",
+            "remove_source_branch": edit.get("remove_source_branch"),
+            "sha": secrets.token_hex(20),
+            "base_sha": secrets.token_hex(20),
+            "merge_commit_sha": None,
+            "closes": [],
+        }
+        self._next_mr_id += 1
+        mrs[mr["iid"]] = mr
+        record["last_activity_at"] = max(record["last_activity_at"], now)
+        self._cache_closes(record, mr)
+        self._fire_mr(record, mr, actor, "open", {}, event_uuid)
+        return mr
+
+    @staticmethod
+    def _checked(mr: dict[str, Any]) -> None:
+        """The mergeability check that follows creation has finished."""
+        if mr["merge_status"] == "checking":
+            mr["merge_status"] = "can_be_merged"
+
+    def _apply_mr_edit(
+        self,
+        record: dict[str, Any],
+        mr: dict[str, Any],
+        actor: str,
+        edit: dict[str, Any],
+        event_uuid: str | None,
+    ) -> None:
+        """MergeRequests::UpdateService: the state change first (``close`` or ``reopen``,
+        which works out the closing issues again), then the other fields (one ``update``).
+        A closed or merged request keeps its target branch; nothing unchanged fires."""
+        state_event = edit.get("state_event")
+        closing = state_event == "close" and mr["state"] == "opened"
+        reopening = state_event == "reopen" and mr["state"] == "closed"
+        fields = {
+            name: edit[name]
+            for name in ("title", "description")
+            if name in edit and edit[name] != mr[name]
+        }
+        target = edit.get("target_branch")
+        if target is not None and mr["state"] == "opened" and target != mr["target_branch"]:
+            fields["target_branch"] = target
+        self._check_mr_text(fields)
+        if "target_branch" in fields or reopening:
+            self._check_branches(
+                record, mr["source_branch"], fields.get("target_branch", mr["target_branch"]),
+                mr["id"],
+            )  # fmt: skip
+        if closing or reopening:
+            before = dict(mr)
+            now = self._stamp(mr)
+            mr.update(
+                state="closed" if closing else "opened",
+                updated_at=now,
+                closed_at=now if closing else None,
+                closed_by=actor if closing else None,
+            )
+            record["last_activity_at"] = max(record["last_activity_at"], now)
+            action = "close" if closing else "reopen"
+            self._fire_mr(record, mr, actor, action, self._mr_changes(before, mr), event_uuid)
+            if reopening:
+                self._cache_closes(record, mr)
+        if not fields:
+            return
+        before = dict(mr)
+        now = self._stamp(mr)
+        mr.update(fields, updated_at=now, updated_by=actor)
+        if "title" in fields or "description" in fields:
+            mr.update(last_edited_at=now, last_edited_by=actor)
+        record["last_activity_at"] = max(record["last_activity_at"], now)
+        self._fire_mr(record, mr, actor, "update", self._mr_changes(before, mr), event_uuid)
+        self._cache_closes(record, mr)
+
+    def _merge_mr(
+        self, record: dict[str, Any], mr: dict[str, Any], actor: str, event_uuid: str | None
+    ) -> None:
+        """MergeService and PostMergeService: 405 unless open and not a draft; the request
+        is locked, then merged (its ``merge`` webhook: ``state_id`` 4 -> 3), then each issue
+        it closes is closed by the same user (each open one fires its ``close``)."""
+        if mr["state"] != "opened" or _DRAFT.match(mr["title"]):
+            raise ApiError(405, METHOD_NOT_ALLOWED)
+        self._checked(mr)
+        mr.update(state="locked", updated_at=self._stamp(mr))
+        before = dict(mr)
+        now = self._stamp(mr)
+        mr.update(
+            state="merged",
+            updated_at=now,
+            merged_at=now,
+            merged_by=actor,
+            merge_commit_sha=secrets.token_hex(20),
+        )
+        record["last_activity_at"] = max(record["last_activity_at"], now)
+        self._fire_mr(record, mr, actor, "merge", self._mr_changes(before, mr), event_uuid)
+        if mr["target_branch"] != DEFAULT_BRANCH:
+            return
+        for issue_record, issue in self._closing_issues(mr):
+            self._apply_edit(issue_record, issue, actor, {"state_event": "close"}, event_uuid)
+
+    def _cache_closes(self, record: dict[str, Any], mr: dict[str, Any]) -> None:
+        """MergeRequest#cache_merge_request_closes_issues!: while the request is open, the
+        issues its title and description close are stored (whatever their state); a closed or
+        merged request keeps the list it had."""
+        if mr["state"] == "opened":
+            mr["closes"] = [issue["id"] for _, issue in self._referenced_closes(record, mr)]
+
+    def _closing_issues(self, mr: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """The stored closing issues that still exist, in the order they were referenced."""
+        by_id = {
+            issue["id"]: (self._projects[pid], issue)
+            for pid, issues in self._issues.items()
+            for issue in issues.values()
+        }
+        return [by_id[issue_id] for issue_id in mr["closes"] if issue_id in by_id]
+
+    def _referenced_closes(
+        self, record: dict[str, Any], mr: dict[str, Any]
+    ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """MergeRequest#closes_issues: nothing unless the request targets the default branch;
+        otherwise the issues that exist among those the closing statements of its title and
+        description reference (links to this instance's issues, ``#N``, ``project#N``,
+        ``group/project#N``), once each."""
+        if mr["target_branch"] != DEFAULT_BRANCH:
+            return []
+        joined = " ".join(closing_statements(f"{mr['title']}\n{mr['description'] or ''}"))
+        issue_link = re.compile(
+            rf"{re.escape(self.url)}/{_PROJECT_REF}(?:/-)?/(?:issues|work_items)/(?P<iid>\d+)"
+            r"(?:/[a-z0-9_=-]+)*/*(?:\?[a-z0-9_=-]+(?:&[a-z0-9_=-]+)*)?(?:#[a-z0-9_-]+)?",
+            re.ASCII,
+        )
+        found: list[tuple[int, re.Match[str]]] = []
+        plain = joined
+        for link in _TEXT_LINK.finditer(joined):
+            matched = issue_link.fullmatch(link.group(0))
+            if matched:
+                found.append((link.start(), matched))
+            plain = plain[: link.start()] + " " * len(link.group(0)) + plain[link.end() :]
+        found += [(ref.start(), ref) for ref in _SHORT_ISSUE_REF.finditer(plain)]
+        out: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for _, ref in sorted(found, key=lambda pair: pair[0]):
+            target = self._referenced_project(
+                record, ref.group("absolute"), ref.group("namespace"), ref.group("project")
+            )
+            issue = None if target is None else self._issues[target["id"]].get(int(ref["iid"]))
+            if issue is not None and all(issue["id"] != seen["id"] for _, seen in out):
+                out.append((target, issue))
+        return out
+
+    def _referenced_project(
+        self,
+        record: dict[str, Any],
+        absolute: str | None,
+        namespace: str | None,
+        project: str | None,
+    ) -> dict[str, Any] | None:
+        """The project a reference names: none means this one; a bare project name is in this
+        project's namespace."""
+        if project is None:
+            return record
+        if namespace:
+            path = f"{namespace}/{project}"
+        elif absolute:
+            return None  # a top-level project: not one the emulator can hold
+        else:
+            path = f"{record['namespace']}/{project}"
+        return self._find_project(path)
 
     # ----------------------------------------------------------------- issue changes
     def _new_issue(
@@ -2318,6 +2893,135 @@ class GitLabEmulator(emulator_http.LoopbackEmulator):
             event_uuid,
         )
 
+    def _mr_url(self, mr: dict[str, Any]) -> str:
+        full_path = self._projects[mr["project_id"]]["path_with_namespace"]
+        return f"{self.url}/{full_path}/-/merge_requests/{mr['iid']}"
+
+    @staticmethod
+    def _detailed_merge_status(mr: dict[str, Any]) -> str:
+        if mr["state"] != "opened":
+            return "not_open"
+        if mr["merge_status"] == "checking":
+            return "checking"
+        return "draft_status" if _DRAFT.match(mr["title"]) else "mergeable"
+
+    def _mr_hook_attrs(self, record: dict[str, Any], mr: dict[str, Any]) -> dict[str, Any]:
+        """``object_attributes`` of a Merge Request Hook (without ``action``), as
+        Gitlab::HookData::MergeRequestBuilder builds it: no assignees, reviewers, labels,
+        milestone or pipeline here."""
+        draft = bool(_DRAFT.match(mr["title"]))
+        author = self._users[mr["author"]]
+        web_url = f"{self.url}/{record['path_with_namespace']}"
+        return {
+            "assignee_id": None,
+            "author_id": author["id"],
+            "created_at": self._hook_time(mr["created_at"]),
+            "description": mr["description"],
+            "draft": draft,
+            "head_pipeline_id": None,
+            "id": mr["id"],
+            "iid": mr["iid"],
+            "last_edited_at": self._hook_time(mr["last_edited_at"]),
+            "last_edited_by_id": self._user_id(mr["last_edited_by"]),
+            "merge_commit_sha": mr["merge_commit_sha"],
+            "merge_error": None,
+            "merge_params": {"force_remove_source_branch": mr["remove_source_branch"]},
+            "merge_status": mr["merge_status"],
+            "merge_user_id": self._user_id(mr["merged_by"]),
+            "merge_when_pipeline_succeeds": False,
+            "milestone_id": None,
+            "reviewer_ids": [],
+            "source_branch": mr["source_branch"],
+            "source_project_id": record["id"],
+            "state_id": MR_STATE_IDS[mr["state"]],
+            "target_branch": mr["target_branch"],
+            "target_project_id": record["id"],
+            "time_estimate": 0,
+            "title": mr["title"],
+            "updated_at": self._hook_time(mr["updated_at"]),
+            "updated_by_id": self._user_id(mr["updated_by"]),
+            "prepared_at": self._hook_time(mr["created_at"]),
+            "merged_at": self._hook_time(mr["merged_at"]),
+            "assignee_ids": [],
+            "blocking_discussions_resolved": True,
+            "detailed_merge_status": self._detailed_merge_status(mr),
+            "first_contribution": False,
+            "human_time_change": None,
+            "human_time_estimate": None,
+            "human_total_time_spent": None,
+            "labels": [],
+            "last_commit": {
+                "id": mr["sha"],
+                "message": f"{mr['title']}\n",
+                "title": mr["title"],
+                "timestamp": _iso(mr["created_at"]),
+                "url": f"{web_url}/-/commit/{mr['sha']}",
+                "author": {"name": author["name"], "email": f"{author['username']}@example.com"},
+            },
+            "source": self._hook_project(record),
+            "state": mr["state"],
+            "target": self._hook_project(record),
+            "time_change": 0,
+            "total_time_spent": 0,
+            "url": self._mr_url(mr),
+            "work_in_progress": draft,
+        }
+
+    def _mr_changes(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        """``changes`` of a Merge Request Hook: the columns the last save changed."""
+        columns = {
+            "description": lambda m: m["description"],
+            "draft": lambda m: bool(_DRAFT.match(m["title"])),
+            "last_edited_at": lambda m: self._hook_time(m["last_edited_at"]),
+            "last_edited_by_id": lambda m: self._user_id(m["last_edited_by"]),
+            "state_id": lambda m: MR_STATE_IDS[m["state"]],
+            "target_branch": lambda m: m["target_branch"],
+            "title": lambda m: m["title"],
+            "updated_at": lambda m: self._hook_time(m["updated_at"]),
+            "updated_by_id": lambda m: self._user_id(m["updated_by"]),
+        }
+        changes = {}
+        for name in sorted(columns):
+            previous, current = columns[name](before), columns[name](after)
+            if previous != current:
+                changes[name] = {"previous": previous, "current": current}
+        return changes
+
+    def _mr_payload(
+        self,
+        record: dict[str, Any],
+        mr: dict[str, Any],
+        actor: str,
+        action: str,
+        changes: dict[str, Any],
+    ) -> dict[str, Any]:
+        """A Merge Request Hook body, as tests/fixtures/08-merge-request-open.json. Like
+        GitLab's, it does not say which issues the request closes (``closes_issues`` does)."""
+        return {
+            "object_kind": "merge_request",
+            "event_type": "merge_request",
+            "user": self._hook_user(actor),
+            "project": self._hook_project(record),
+            "object_attributes": {**self._mr_hook_attrs(record, mr), "action": action},
+            "labels": [],
+            "changes": changes,
+            "repository": self._hook_repository(record),
+        }
+
+    def _fire_mr(
+        self,
+        record: dict[str, Any],
+        mr: dict[str, Any],
+        actor: str,
+        action: str,
+        changes: dict[str, Any],
+        event_uuid: str | None,
+    ) -> None:
+        payload = self._mr_payload(record, mr, actor, action, changes)
+        self._fire(
+            record["id"], "merge_requests_events", MERGE_REQUEST_HOOK, action, payload, event_uuid
+        )
+
     def _fire(
         self,
         project_id: int,
@@ -2780,6 +3484,105 @@ class GitLabEmulator(emulator_http.LoopbackEmulator):
         }
         if single:
             view["subscribed"] = False
+        return view
+
+    def _issue_basic_view(self, issue: dict[str, Any]) -> dict[str, Any]:
+        """An issue as API::Entities::IssueBasic shows it (``closes_issues``): the listing's
+        form without what only API::Entities::Issue adds."""
+        only_issue = (
+            "has_tasks", "task_status", "_links", "references", "severity", "moved_to_id",
+            "service_desk_reply_to", "epic_iid", "epic", "iteration", "health_status",
+        )  # fmt: skip
+        view = self._issue_view(issue, single=False)
+        return {key: value for key, value in view.items() if key not in only_issue}
+
+    def _mr_view(self, mr: dict[str, Any], *, single: bool) -> dict[str, Any]:
+        """A merge request as API::Entities::MergeRequestBasic shows it (listings), or
+        API::Entities::MergeRequest (one request, ``single``)."""
+        record = self._projects[mr["project_id"]]
+        full_path = record["path_with_namespace"]
+        iid = mr["iid"]
+        draft = bool(_DRAFT.match(mr["title"]))
+        merged_by = self._user_view(self._users[mr["merged_by"]]) if mr["merged_by"] else None
+        closed_by = self._user_view(self._users[mr["closed_by"]]) if mr["closed_by"] else None
+        view = {
+            "id": mr["id"],
+            "iid": iid,
+            "project_id": record["id"],
+            "title": mr["title"],
+            "description": mr["description"],
+            "state": mr["state"],
+            "created_at": _iso(mr["created_at"]),
+            "updated_at": _iso(mr["updated_at"]),
+            "merged_by": merged_by,
+            "merge_user": merged_by,
+            "merged_at": _iso(mr["merged_at"]),
+            "closed_by": closed_by,
+            "closed_at": _iso(mr["closed_at"]),
+            "target_branch": mr["target_branch"],
+            "source_branch": mr["source_branch"],
+            "user_notes_count": 0,
+            "upvotes": 0,
+            "downvotes": 0,
+            "author": self._user_view(self._users[mr["author"]]),
+            "assignees": [],
+            "assignee": None,
+            "reviewers": [],
+            "source_project_id": record["id"],
+            "target_project_id": record["id"],
+            "labels": [],
+            "draft": draft,
+            "imported": False,
+            "imported_from": "none",
+            "work_in_progress": draft,
+            "milestone": None,
+            "merge_when_pipeline_succeeds": False,
+            "merge_status": mr["merge_status"],
+            "detailed_merge_status": self._detailed_merge_status(mr),
+            "merge_after": None,
+            "sha": mr["sha"],
+            "merge_commit_sha": mr["merge_commit_sha"],
+            "squash_commit_sha": None,
+            "discussion_locked": None,
+            "should_remove_source_branch": None,
+            "force_remove_source_branch": mr["remove_source_branch"],
+            "prepared_at": _iso(mr["created_at"]),
+            "reference": f"!{iid}",
+            "references": {"short": f"!{iid}", "relative": f"!{iid}", "full": f"{full_path}!{iid}"},
+            "web_url": self._mr_url(mr),
+            "time_stats": {
+                "time_estimate": 0,
+                "total_time_spent": 0,
+                "human_time_estimate": None,
+                "human_total_time_spent": None,
+            },
+            "squash": False,
+            "squash_on_merge": False,
+            "task_completion_status": {"count": 0, "completed_count": 0},
+            "has_conflicts": False,
+            "blocking_discussions_resolved": True,
+            "approvals_before_merge": None,
+        }
+        if single:
+            view.update(
+                {
+                    "subscribed": False,
+                    "changes_count": "1",
+                    "latest_build_started_at": None,
+                    "latest_build_finished_at": None,
+                    "first_deployed_to_production_at": None,
+                    "pipeline": None,
+                    "head_pipeline": None,
+                    "diff_refs": {
+                        "base_sha": mr["base_sha"],
+                        "head_sha": mr["sha"],
+                        "start_sha": mr["base_sha"],
+                    },
+                    "merge_error": None,
+                    "first_contribution": False,
+                    "user": {"can_merge": True},
+                }
+            )
         return view
 
 

@@ -1264,3 +1264,389 @@ def test_control_routes_act_as_a_person(hooked, receiver):
         extra.close()
     assert emu.calls == []
     assert receiver.payloads[0]["user"]["username"] == "lpark"
+
+
+# ----------------------------------------------------------------------------- merge requests
+
+
+@pytest.fixture
+def two_projects(emu, project):
+    """acme/widget-api (42: issues 1-4, #4 closed) and acme/other (43: issue 1)."""
+    emu.add_project("acme/other", project_id=43, name="Other")
+    for n in range(1, 5):
+        emu.add_issue(42, title=f"Issue {n}", state="closed" if n == 4 else "opened")
+    emu.add_issue(43, title="Other 1")
+    return emu
+
+
+@pytest.fixture
+def mr_hooked(two_projects, receiver):
+    """Both projects with a hook to ``receiver`` that takes merge request events too."""
+    for project_id in (42, 43):
+        two_projects.add_hook(project_id, receiver.url, "hook-secret", merge_requests_events=True)
+    return two_projects
+
+
+def closing(emu: GitLabEmulator, project_id: int, iid: int) -> list[tuple[int, int]]:
+    return [(issue["project_id"], issue["iid"]) for issue in emu.closes_issues(project_id, iid)]
+
+
+CLOSING_CASES = [
+    ("Closes #1", [(42, 1)]),
+    ("fixes #2, #3", [(42, 2), (42, 3)]),
+    ("Fixes #1 and #3.", [(42, 1), (42, 3)]),
+    ("Resolves #1, #2, and #3", [(42, 1), (42, 2), (42, 3)]),
+    ("Closing: #2", [(42, 2)]),
+    ("Implements issue #3", [(42, 3)]),
+    ("closes issues #1 and #2", [(42, 1), (42, 2)]),
+    ("Resolved #2!", [(42, 2)]),
+    ("Resolves acme/other#1", [(43, 1)]),
+    ("Fixes other#1", [(43, 1)]),
+    ("Closes acme/widget-api#2", [(42, 2)]),
+    ("Closes {url}/acme/widget-api/-/issues/2", [(42, 2)]),
+    ("Fix {url}/acme/other/-/issues/1.", [(43, 1)]),
+    ("Closes #3, {url}/acme/widget-api/-/issues/1#note_7 and other#1", [(42, 3), (42, 1), (43, 1)]),
+    ("Text.\n\nCloses #2\nFixes #1", [(42, 2), (42, 1)]),
+    ("Closes #2 and relates to #3", [(42, 2)]),
+    ("Closes #1, #1 and #1", [(42, 1)]),
+    ("Closes #4", [(42, 4)]),
+    ("Related to #1", []),
+    ("This closes the bug in #1", []),
+    ("CLOSES #1", []),
+    ("Closes#1", []),
+    ("Encloses #1", []),
+    ("Closes #1abc", []),
+    ("Closes\n#1", []),
+    ("Closes #99", []),
+    ("Closes nobody/nothing#1", []),
+    ("Closes https://gitlab.example.com/acme/widget-api/-/issues/1", []),
+    ("Fixes PROJ-12", []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("description", "expected"), CLOSING_CASES)
+def test_closes_issues_follows_gitlabs_closing_pattern(two_projects, description, expected):
+    """closes_issues lists the existing issues that closing keywords reference, and no other."""
+    emu = two_projects
+    text = description.replace("{url}", emu.url)
+    emu.as_user("lpark").open_merge_request(42, "Login fix", text, source_branch="login")
+    assert closing(emu, 42, 1) == expected
+    listed = get(emu, "/projects/42/merge_requests/1/closes_issues")
+    assert listed.status_code == 200
+    assert [(i["project_id"], i["iid"]) for i in listed.json()] == expected
+
+
+def test_closes_issues_is_what_gitlab_stored_for_the_request(two_projects):
+    """closes_issues is stored while the request is open (closed issues too) and kept after."""
+    emu = two_projects
+    lee = emu.as_user("lpark")
+    lee.open_merge_request(42, "Fix #3", "Closes #4 and #5", source_branch="fix")
+    assert closing(emu, 42, 1) == [(42, 3), (42, 4)]  # #4 is closed, #5 does not exist yet
+    emu.add_issue(42, title="Issue 5")
+    assert closing(emu, 42, 1) == [(42, 3), (42, 4)]
+    lee.edit_merge_request(42, 1, description="Closes #4, #5")
+    assert closing(emu, 42, 1) == [(42, 3), (42, 4), (42, 5)]
+    lee.open_merge_request(42, "Backport", "Closes #1", source_branch="bp", target_branch="stable")
+    assert closing(emu, 42, 2) == []
+    lee.edit_merge_request(42, 2, target_branch="main")
+    assert closing(emu, 42, 2) == [(42, 1)]
+    lee.merge(42, 1)
+    assert closing(emu, 42, 1) == [(42, 3), (42, 4), (42, 5)]
+    assert {i["state"] for i in emu.closes_issues(42, 1)} == {"closed"}
+    lee.edit_merge_request(42, 1, description="Closes #1")
+    assert closing(emu, 42, 1) == [(42, 3), (42, 4), (42, 5)]
+    emu.update_issue(42, 1, state="closed")
+    lee.close_merge_request(42, 2)
+    assert closing(emu, 42, 2) == [(42, 1)]
+    api(emu, "DELETE", "/projects/42/issues/1")
+    assert closing(emu, 42, 2) == []
+
+
+def test_closes_issues_answers_issue_basic_paginated(two_projects):
+    """GET closes_issues answers IssueBasic objects, paginated; an unknown request is a 404."""
+    emu = two_projects
+    emu.as_user("lpark").open_merge_request(42, "Fix", "Closes #1, #2 and #3", source_branch="f")
+    r = get(emu, "/projects/42/merge_requests/1/closes_issues", per_page=2, page=2)
+    assert r.status_code == 200 and [i["iid"] for i in r.json()] == [3]
+    assert (r.headers["X-Total"], r.headers["X-Page"], r.headers["X-Prev-Page"]) == ("3", "2", "1")
+    (issue,) = r.json()
+    listed = get(emu, "/projects/42/issues", iids=3).json()[0]
+    assert issue["web_url"] == listed["web_url"] == f"{emu.url}/acme/widget-api/-/issues/3"
+    assert set(issue) < set(listed) and "_links" not in issue and "references" not in issue
+    assert {k: listed[k] for k in issue} == issue
+    missing = get(emu, "/projects/42/merge_requests/9/closes_issues")
+    assert missing.status_code == 404 and missing.json() == {
+        "message": "404 Merge Request Not Found"
+    }
+
+
+def test_merge_request_hook_fires_each_change_shaped_like_the_fixture(mr_hooked, receiver):
+    """Each change fires one Merge Request Hook: its action, user, fixture 08's keys, no issues."""
+    emu = mr_hooked
+    plain = Receiver()
+    try:
+        emu.add_hook(42, plain.url)  # issue and note events only
+        lee, dana = emu.as_user("lpark"), emu.as_user("dortiz")
+        opened = lee.open_merge_request(42, "Refresh the session", "Closes #1", "118-login")
+        lee.edit_merge_request(42, 1, title="Refresh the session first")
+        lee.close_merge_request(42, 1)
+        lee.close_merge_request(42, 1)  # already closed: nothing
+        lee.reopen_merge_request(42, 1)
+        dana.merge(42, 1)
+        payloads = delivered(emu, receiver)
+        assert emu.wait_hooks_idle(5)
+        assert [json.loads(body)["object_kind"] for _, body in plain.received] == ["issue"]
+    finally:
+        plain.close()
+    mine = [
+        (d.event, d.action) for d in emu.hook_deliveries if d.status and d.event != "Issue Hook"
+    ]
+    assert mine == [
+        ("Merge Request Hook", a) for a in ("open", "update", "close", "reopen", "merge")
+    ]
+    assert [h["X-Gitlab-Event"] for h, _ in receiver.received] == ["Merge Request Hook"] * 5 + [
+        "Issue Hook"
+    ]
+    fixture = json.loads((FIXTURES / "08-merge-request-open.json").read_text())
+    kinds = [p for p in payloads if p["object_kind"] == "merge_request"]
+    for payload in kinds:
+        assert set(payload) == set(fixture) - {"assignees", "reviewers"}  # none: keys left out
+        for part in ("user", "project", "object_attributes", "repository"):
+            assert set(payload[part]) >= set(fixture[part]), part
+        assert payload["event_type"] == "merge_request" and payload["labels"] == []
+        attrs = payload["object_attributes"]
+        assert (attrs["id"], attrs["iid"], attrs["url"]) == (opened["id"], 1, opened["web_url"])
+        assert (attrs["source_branch"], attrs["target_branch"]) == ("118-login", "main")
+        assert attrs["source_project_id"] == attrs["target_project_id"] == 42
+        assert not any("clos" in key and "issue" in key for key in [*payload, *attrs])
+        assert ISO_MS.match(attrs["updated_at"])
+    open_, update, close, reopen, merge = kinds
+    assert [p["user"]["username"] for p in kinds] == ["lpark"] * 4 + ["dortiz"]
+    assert [p["object_attributes"]["state"] for p in kinds] == [
+        "opened", "opened", "closed", "opened", "merged",
+    ]  # fmt: skip
+    stamps = [p["object_attributes"]["updated_at"] for p in kinds]
+    assert stamps == sorted(set(stamps))
+    assert open_["changes"] == {} and open_["object_attributes"]["merge_status"] == "checking"
+    assert open_["object_attributes"]["description"] == "Closes #1"
+    assert set(update["changes"]) == {
+        "title", "last_edited_at", "last_edited_by_id", "updated_at", "updated_by_id",
+    }  # fmt: skip
+    assert update["changes"]["title"] == {
+        "previous": "Refresh the session",
+        "current": "Refresh the session first",
+    }
+    assert close["changes"]["state_id"] == {"previous": 1, "current": 2}
+    assert reopen["changes"]["state_id"] == {"previous": 2, "current": 1}
+    assert merge["changes"]["state_id"] == {"previous": 4, "current": 3}  # locked, then merged
+    assert set(close["changes"]) == set(reopen["changes"]) == set(merge["changes"]) == {
+        "state_id", "updated_at",
+    }  # fmt: skip
+    attrs = merge["object_attributes"]
+    assert attrs["merged_at"] == attrs["updated_at"] and attrs["merge_commit_sha"]
+    assert attrs["merge_user_id"] == user_id(emu, "dortiz")
+    assert attrs["detailed_merge_status"] == "not_open"
+
+
+def test_merging_closes_its_issues_and_fires_their_close_hooks(mr_hooked, receiver):
+    """Merging closes each open issue it closes, as the merger, each firing its Issue Hook close."""
+    emu = mr_hooked
+    emu.as_user("lpark").open_merge_request(
+        42, "Login fix", "Closes #1, #4 and acme/other#1. See #2.", source_branch="fix"
+    )
+    assert emu.wait_hooks_idle(5)
+    emu.reset_hook_deliveries()
+    receiver.received.clear()
+    merged = emu.as_user("dortiz").merge(42, 1)
+    assert merged["state"] == "merged" and merged["merged_by"]["username"] == "dortiz"
+    assert (
+        merged["merged_at"] == merged["updated_at"]
+        and merged["detailed_merge_status"] == "not_open"
+    )
+    mr_hook, *issue_hooks = delivered(emu, receiver)
+    assert [(d.event, d.action) for d in emu.hook_deliveries] == [
+        ("Merge Request Hook", "merge"),
+        ("Issue Hook", "close"),
+        ("Issue Hook", "close"),
+    ]
+    assert mr_hook["object_attributes"]["action"] == "merge"
+    closed = [(p["project"]["id"], p["object_attributes"]["iid"]) for p in issue_hooks]
+    assert closed == [(42, 1), (43, 1)]
+    for payload in issue_hooks:
+        assert payload["user"]["username"] == "dortiz"
+        assert payload["object_attributes"]["state"] == "closed"
+        assert set(payload["changes"]) >= {"state_id", "closed_at"}
+    for project_id, iid in closed:
+        issue = emu.issue(project_id, iid)
+        assert issue["state"] == "closed" and issue["closed_by"]["username"] == "dortiz"
+    assert emu.issue(42, 2)["state"] == "opened" and emu.issue(42, 3)["state"] == "opened"
+    with pytest.raises(ValueError):
+        emu.as_user("dortiz").merge(42, 1)
+    assert emu.wait_hooks_idle(5) and len(receiver.received) == 3
+
+
+def test_a_merge_into_another_branch_or_a_draft_closes_nothing(mr_hooked, receiver):
+    """A merge into a branch other than main closes nothing; drafts and closed ones can't merge."""
+    emu = mr_hooked
+    lee = emu.as_user("lpark")
+    lee.open_merge_request(42, "Backport", "Closes #1", "bp", target_branch="stable")
+    lee.merge(42, 1)
+    lee.open_merge_request(42, "Draft: Fix", "Closes #2", "fix")
+    with pytest.raises(ValueError):
+        lee.merge(42, 2)
+    assert emu.merge_request(42, 2)["draft"] is True
+    lee.edit_merge_request(42, 2, title="Fix")
+    lee.close_merge_request(42, 2)
+    with pytest.raises(ValueError):
+        lee.merge(42, 2)
+    assert [i["state"] for i in emu.issues(42)] == ["opened", "opened", "opened", "closed"]
+    assert emu.wait_hooks_idle(5)
+    assert "Issue Hook" not in {d.event for d in emu.hook_deliveries}
+
+
+def test_merge_request_rest_endpoints_answer_as_gitlab(mr_hooked, receiver):
+    """The merge request endpoints answer GitLab's shapes and errors, acting as the token's user."""
+    emu = mr_hooked
+    body = {
+        "title": "Fix",
+        "source_branch": "fix",
+        "target_branch": "main",
+        "description": "Fixes #2",
+    }
+    r = api(emu, "POST", "/projects/42/merge_requests", json=body)
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert (created["iid"], created["state"], created["author"]["username"]) == (
+        1,
+        "opened",
+        "bridge",
+    )
+    assert created["web_url"] == f"{emu.url}/acme/widget-api/-/merge_requests/1"
+    assert (
+        created["references"]["full"] == "acme/widget-api!1"
+        and created["merge_status"] == "checking"
+    )
+    assert created["merged_at"] is None and created["closed_at"] is None and created["sha"]
+    got = get(emu, "/projects/42/merge_requests/1").json()
+    assert got["merge_status"] == "can_be_merged" and got["detailed_merge_status"] == "mergeable"
+    assert got == emu.merge_request(42, 1) and got["user"] == {"can_merge": True}
+    again = api(emu, "POST", "/projects/42/merge_requests", json=body)
+    assert again.status_code == 409
+    assert again.json() == {
+        "message": ["Another open merge request already exists for this source branch: !1"]
+    }
+    same = api(emu, "POST", "/projects/42/merge_requests", json={**body, "source_branch": "main"})
+    assert same.status_code == 422
+    missing = api(emu, "POST", "/projects/42/merge_requests", json={"title": "x"})
+    assert missing.status_code == 400
+    assert missing.json() == {"error": "source_branch is missing, target_branch is missing"}
+    assert api(emu, "PUT", "/projects/42/merge_requests/1", json={}).status_code == 400
+    assert api(emu, "PUT", "/projects/42/merge_requests/1", json={"title": ""}).json() == {
+        "error": "title is empty"
+    }
+    assert get(emu, "/projects/42/merge_requests/7").json() == {
+        "message": "404 Merge Request Not Found"
+    }
+    r = api(emu, "PUT", "/projects/42/merge_requests/1", json={"state_event": "close"})
+    assert r.json()["state"] == "closed" and r.json()["closed_by"]["username"] == "bridge"
+    assert api(emu, "PUT", "/projects/42/merge_requests/1/merge").status_code == 405
+    r = api(emu, "PUT", "/projects/42/merge_requests/1", data={"state_event": "reopen"})
+    assert r.json()["state"] == "opened" and r.json()["closed_at"] is None
+    assert [m["iid"] for m in get(emu, "/projects/42/merge_requests", state="opened").json()] == [1]
+    assert get(emu, "/projects/42/merge_requests", state="merged").json() == []
+    assert get(emu, "/projects/42/merge_requests", state="shut").status_code == 400
+    emu.add_token("glpat-read", scopes=["read_api"])
+    refused = api(emu, "PUT", "/projects/42/merge_requests/1/merge", token="glpat-read")
+    assert refused.status_code == 403
+    wrong = api(emu, "PUT", "/projects/42/merge_requests/1/merge", json={"sha": "0" * 40})
+    assert wrong.status_code == 409
+    assert wrong.json() == {"message": f"SHA does not match HEAD of source branch: {got['sha']}"}
+    uuid = "11111111-2222-4333-8444-555555555555"
+    merged = requests.put(
+        emu.api_url + "/projects/42/merge_requests/1/merge",
+        json={"sha": got["sha"], "should_remove_source_branch": True},
+        headers={"PRIVATE-TOKEN": emu.token, "X-Gitlab-Event-UUID": uuid},
+        timeout=5,
+    )
+    assert merged.status_code == 200 and merged.json()["state"] == "merged"
+    assert merged.json()["merged_by"]["username"] == "bridge" and merged.json()["merge_commit_sha"]
+    assert [m["iid"] for m in get(emu, "/projects/42/merge_requests", state="merged").json()] == [1]
+    assert emu.issue(42, 2)["closed_by"]["username"] == "bridge"
+    payloads = delivered(emu, receiver)
+    assert {p["user"]["username"] for p in payloads} == {"bridge"}
+    assert [h["X-Gitlab-Event-UUID"] for h, _ in receiver.received[-2:]] == [uuid, uuid]
+    assert [w.status for w in emu.writes] == [
+        201,
+        409,
+        422,
+        400,
+        400,
+        400,
+        200,
+        405,
+        200,
+        403,
+        409,
+        200,
+    ]
+
+
+def test_python_gitlab_reads_closes_issues(two_projects):
+    """python-gitlab creates, lists and merges a merge request and reads its closes_issues."""
+    emu = two_projects
+    gl = client(emu)
+    project = gl.projects.get(42)
+    created = project.mergerequests.create(
+        {
+            "source_branch": "fix",
+            "target_branch": "main",
+            "title": "Fix the login",
+            "description": "Closes #1 and acme/other#1",
+        }
+    )
+    assert created.iid == 1 and created.state == "opened"
+    mr = gl.projects.get(42).mergerequests.get(1)
+    issues = list(mr.closes_issues())
+    assert [(i.project_id, i.iid) for i in issues] == [(42, 1), (43, 1)]
+    assert all(isinstance(i, python_gitlab.v4.objects.ProjectIssue) for i in issues)
+    assert [i.web_url for i in issues] == [
+        f"{emu.url}/acme/widget-api/-/issues/1",
+        f"{emu.url}/acme/other/-/issues/1",
+    ]
+    assert [m.iid for m in project.mergerequests.list(state="opened")] == [1]
+    mr.merge()
+    assert mr.state == "merged"
+    assert [m.iid for m in project.mergerequests.list(state="merged", get_all=True)] == [1]
+    assert emu.issue(42, 1)["state"] == emu.issue(43, 1)["state"] == "closed"
+
+
+def test_control_route_acts_on_merge_requests(mr_hooked, receiver):
+    """POST /_emulator/act opens, edits, closes, reopens and merges merge requests, unrecorded."""
+    emu = mr_hooked
+    control = emu.url + "/_emulator"
+
+    def act(what: str, args: Any) -> requests.Response:
+        return requests.post(
+            control + "/act", json={"username": "lpark", "what": what, "args": args}, timeout=5
+        )
+
+    opened = act(
+        "open_merge_request", {"project_id": 42, "title": "Fix", "description": "Closes #1"}
+    )
+    assert opened.status_code == 200 and opened.json()["result"]["iid"] == 1
+    assert act("edit_merge_request", {"project": 42, "iid": 1, "title": "Fix it"}).ok
+    assert act("close_merge_request", [42, 1]).json()["result"]["state"] == "closed"
+    assert act("reopen_merge_request", [42, 1]).json()["result"]["state"] == "opened"
+    assert act("merge", [42, 1]).json()["result"]["state"] == "merged"
+    assert act("merge", [42, 1]).status_code == 400
+    assert act("close_merge_request", [42, 9]).status_code == 404
+    state = requests.get(control + "/state", timeout=5).json()
+    assert [(m["iid"], m["title"], m["state"]) for m in state["merge_requests"]] == [
+        (1, "Fix it", "merged")
+    ]
+    assert emu.issue(42, 1)["state"] == "closed"
+    assert emu.wait_hooks_idle(5)
+    assert [d.action for d in emu.hook_deliveries] == [
+        "open", "update", "close", "reopen", "merge", "close",
+    ]  # fmt: skip
+    assert emu.calls == []
