@@ -54,7 +54,7 @@ wrk:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 
 ## bench: measured figures, written to bench/results.md (`make bench ARGS=--quick`)
-bench: $(VENV)/.dev-deps nginx wrk
+bench: $(VENV)/.dev-deps nginx wrk postgres
 	$(BIN)/python -m bench $(ARGS)
 
 ## bench-soak: memory of every process under 50 deliveries/s for 10 minutes

@@ -138,3 +138,39 @@ class CardAction:
     @classmethod
     def from_json(cls, text: str) -> CardAction:
         return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class MergeRequestEvent:
+    """One merge request as its webhook described it, normalised."""
+
+    instance: str
+    project_id: int
+    iid: int
+    title: str
+    url: str
+    state: str  # opened, closed, merged, locked
+    action: str  # open, update, close, reopen, merge, ...
+    updated_at: float | None
+    author: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Its queue key (its own: the issues it closes are asked of GitLab by the worker)."""
+        return f"mr:{self.instance}|{self.project_id}|{self.iid}"
+
+    @property
+    def name(self) -> str:
+        """How it is named on a card: ``!<iid> <title>``."""
+        return f"!{self.iid} {self.title}"
+
+    @property
+    def describe(self) -> str:
+        return f"{self.author or '?'} {self.action} merge request !{self.iid}"
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> MergeRequestEvent:
+        return cls(**json.loads(text))

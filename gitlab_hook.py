@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from events import IssueEvent, Label, Note
+from events import IssueEvent, Label, MergeRequestEvent, Note
 
 log = logging.getLogger("gitlab2trello.gitlab")
 
@@ -223,6 +223,7 @@ def parse_delivery(
     *,
     types: tuple[str, ...] = ("Issue", "Incident"),
     instance: str | None = None,
+    merge_requests: bool = False,
 ) -> Delivery | Ignored:
     """Classify and parse one webhook delivery.
 
@@ -239,6 +240,12 @@ def parse_delivery(
         return Ignored("deliveries without X-Gitlab-Event or object_kind are not synced")
     if event_name in NOTE_EVENTS or (event_name is None and kind == "note"):
         return parse_note(data, headers)
+    if event_name == "Merge Request Hook" or (event_name is None and kind == "merge_request"):
+        if not merge_requests:
+            return Ignored(
+                "event 'Merge Request Hook' is not synced ([gitlab] merge_requests = false)"
+            )
+        return Delivery(dedupe_key(headers, body), parse_merge_request(data))
     if event_name is not None and event_name not in ISSUE_EVENTS:
         return Ignored(f"event {event_name!r} is not synced")
     if kind not in ("issue", "work_item", None):
@@ -255,6 +262,36 @@ def parse_delivery(
     if confidential_hook and not event.confidential:
         event = replace(event, confidential=True)
     return Delivery(dedupe_key(headers, body), event)
+
+
+def parse_merge_request(data: Mapping[str, Any]) -> MergeRequestEvent:
+    """A Merge Request Hook's body as a ``MergeRequestEvent``."""
+    attrs = data.get("object_attributes")
+    if not isinstance(attrs, dict):
+        raise BadDelivery("object_attributes must be an object")
+    iid, title, url = attrs.get("iid"), attrs.get("title"), attrs.get("url")
+    if not _is_int(iid):
+        raise BadDelivery(f"object_attributes.iid must be an integer, not {_json_type(iid)}")
+    if not isinstance(title, str):
+        raise BadDelivery("object_attributes.title must be a string")
+    if not isinstance(url, str) or not _HTTP_URL.match(url):
+        raise BadDelivery("object_attributes.url must be an http(s) URL")
+    project = data.get("project") if isinstance(data.get("project"), dict) else {}
+    project_id = attrs.get("target_project_id", project.get("id"))
+    if not _is_int(project_id):
+        raise BadDelivery("the merge request's project id must be an integer")
+    user = data.get("user") if isinstance(data.get("user"), dict) else {}
+    return MergeRequestEvent(
+        instance=instance_of(url),
+        project_id=int(project_id),
+        iid=int(iid),
+        title=title,
+        url=url,
+        state=str(attrs.get("state") or "opened"),
+        action=str(attrs.get("action") or "update"),
+        updated_at=parse_time(attrs.get("updated_at")),
+        author=_str_or_none(user.get("username")),
+    )
 
 
 def parse_note(data: Mapping[str, Any], headers: Mapping[str, str]) -> Delivery | Ignored:

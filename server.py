@@ -19,7 +19,7 @@ import config as config_module
 import gitlab_hook
 import observe
 import trello_hook
-from events import CardAction, IssueEvent
+from events import CardAction, IssueEvent, MergeRequestEvent
 from store import Store, StoreError, open_store
 
 log = logging.getLogger("gitlab2trello.server")
@@ -102,6 +102,7 @@ def make_app(
     instance = cfg.instance
     # what keys an issue whose payload names no instance (GitLab before 7.4)
     instance_url = cfg.gitlab["url"] or None
+    merge_requests = cfg.gitlab["merge_requests"]
     known = _Learned(store)
     app = Bottle(catchall=True, autojson=False)
 
@@ -145,7 +146,9 @@ def make_app(
             log.warning("delivery refused: %s (from %s)", exc, request.remote_addr)
             return _text(401, str(exc))
         try:
-            parsed = gitlab_hook.parse_delivery(headers, body, types=types, instance=instance_url)
+            parsed = gitlab_hook.parse_delivery(
+                headers, body, types=types, instance=instance_url, merge_requests=merge_requests
+            )
         except gitlab_hook.BadDelivery as exc:
             log.warning("delivery rejected: %s", exc)
             return _text(400, str(exc))
@@ -153,8 +156,12 @@ def make_app(
             log.info("delivery ignored: %s", parsed.reason)
             return _json(200, {"status": "ignored", "reason": parsed.reason})
         event = parsed.event
-        reason = _confidential_reason(event, confidential, store)
-        if reason is None and event.note is not None and cfg.twoway["enabled"]:
+        if isinstance(event, MergeRequestEvent):
+            key, kind, reason = event.key, "mr", None
+        else:
+            key, kind = event.issue_key, "note" if event.note else "issue"
+            reason = _confidential_reason(event, confidential, store)
+        if reason is None and kind == "note" and cfg.twoway["enabled"]:
             known.refresh()
             if known.gitlab_username and event.author == known.gitlab_username:
                 reason = "a comment the bridge wrote (copied from Trello) is not copied back"
@@ -164,9 +171,9 @@ def make_app(
         try:
             delivery_id, created = store.add_delivery(
                 parsed.dedupe_key,
-                event.issue_key,
+                key,
                 event.to_json(),
-                kind="note" if event.note else "issue",
+                kind=kind,
                 updated_at=event.updated_at,
                 now=clock(),
             )

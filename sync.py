@@ -192,8 +192,9 @@ def applied_state(
         "labels": {label.name.lower(): label_ids[label.name.lower()] for label in spec.labels},
         "members": {name.lower(): member_ids[name.lower()] for name in spec.members},
     }
-    if previous and previous.get("changed_at"):
-        state["changed_at"] = previous["changed_at"]
+    for kept in ("changed_at", "mrs"):  # the card's own change times; its merge requests
+        if previous and previous.get(kept):
+            state[kept] = previous[kept]
     if project_path or (previous and previous.get("project_path")):
         state["project_path"] = project_path or previous["project_path"]  # type: ignore[index]
     return state

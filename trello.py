@@ -389,6 +389,15 @@ class Client:
             return False
         return True
 
+    def add_attachment(self, card_id: str, url: str, name: str) -> dict[str, Any]:
+        """A link attached to the card (not repeated blindly: ``attachment_urls`` tells)."""
+        return self._request(
+            "POST", f"/cards/{card_id}/attachments", json={"url": url, "name": name[:256]}
+        )
+
+    def attachment_urls(self, card_id: str) -> set[str]:
+        return {a.get("url", "") for a in self._request("GET", f"/cards/{card_id}/attachments")}
+
     def has_comment(self, card_id: str, needle: str) -> bool:
         """True when a comment on the card contains ``needle`` (a GitLab note URL)."""
         actions = self._request(

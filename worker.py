@@ -54,6 +54,7 @@ class Worker:
         self.client = client
         self.gitlab = gitlab  # writes to GitLab (two-way sync)
         self.trello_member_id: str | None = None
+        self.gitlab_username: str | None = None
         self.boards = trello.BoardCache(client) if client is not None else None
         self.clock = clock
 
@@ -188,7 +189,8 @@ class Worker:
         self.store.set_meta("trello_member_id", self.trello_member_id)
         self.store.set_meta("trello_boards", json.dumps(self.managed_boards()))
         if self.gitlab is not None:
-            self.store.set_meta("gitlab_username", str(self.gitlab.me()["username"]))
+            self.gitlab_username = str(self.gitlab.me()["username"])
+            self.store.set_meta("gitlab_username", self.gitlab_username)
 
     def catch_up(self) -> int:
         """Queue the boards' actions since the last look (with overlap) that are not queued
@@ -291,6 +293,10 @@ class Worker:
         events = [d for d in claim.deliveries if d.kind == "issue"]
         notes = [d for d in claim.deliveries if d.kind == "note"]
         actions = [d for d in claim.deliveries if d.kind == "card"]
+        requests = [d for d in claim.deliveries if d.kind == "mr"]
+        if claim.issue_key.startswith("mr:"):
+            self._fan_out_merge_requests(claim, requests)
+            return
         row = claim.issue
         if actions:  # first: their times decide what an older issue event may still change
             newest = max((d.event.updated_at or 0.0 for d in events), default=None)
@@ -300,6 +306,86 @@ class Worker:
             card_id = self._apply_issue(claim, events, row)
         if notes:
             self._apply_notes(claim, notes, card_id)
+        if requests:
+            self._apply_merge_requests(claim, requests)
+
+    # ------------------------------------------------------------------ merge requests
+
+    def _fan_out_merge_requests(self, claim: Claim, requests: Sequence[Delivery]) -> None:
+        """Ask GitLab which issues each merge request will close, and queue it on each of
+        those that has a card (so that it is applied in the order of that issue's events)."""
+        if self.gitlab is None:
+            raise RuntimeError("merge requests need [gitlab] url and private_token")
+        for delivery in requests:
+            mr = delivery.event
+            closes = self.gitlab.closes_issues(mr.project_id, mr.iid)
+            keys = [
+                f"{gitlab_hook.instance_of(i['web_url'])}|{i['project_id']}|{i['iid']}"
+                for i in closes
+                if i.get("web_url")
+            ]
+            synced = [key for key in keys if self.store.has_card(key)]
+            for key in synced:
+                self.store.add_delivery(
+                    f"mr:{delivery.id}:{key}",
+                    key,
+                    mr.to_json(),
+                    kind="mr",
+                    updated_at=mr.updated_at,
+                )
+            outcome = f"on {len(synced)} card(s)" if synced else "closes no synced issue"
+            self.store.finish(claim, [(delivery.id, outcome)])
+            log.info("%s: %s -> %s", claim.issue_key, mr.describe, outcome)
+
+    def _apply_merge_requests(self, claim: Claim, requests: Sequence[Delivery]) -> None:
+        """Attach each merge request to the card once; with ``[trello] review_list_id``, the
+        card waits there while an open merge request will close it, and goes back to its list
+        when that request is closed without being merged."""
+        assert self.client is not None
+        row = self.store.issue(claim.issue_key)  # the issue's events may have just changed it
+        if row is None or row.card_id is None:
+            self.store.finish(claim, [(d.id, "the issue has no card") for d in requests])
+            return
+        applied = dict(row.applied or {})
+        review = self.config.trello["review_list_id"]
+        for delivery in sorted(requests, key=lambda d: ((d.event.updated_at or 0.0), d.id)):
+            mr = delivery.event
+            mrs = dict(applied.get("mrs") or {})
+            seen = mr.url in mrs or (
+                delivery.attempts > 0 and mr.url in self.client.attachment_urls(row.card_id)
+            )
+            if not seen:
+                self.store.mark_attempted(claim, delivery.id)
+                self.client.add_attachment(row.card_id, mr.url, mr.name)
+            mrs[mr.url] = mr.state
+            applied["mrs"] = mrs
+            if review and not applied.get("closed"):
+                reviewing = any(state == "opened" for state in mrs.values())
+                if reviewing and applied.get("list") != review:
+                    self.client.update_card(row.card_id, {"idList": review})
+                    applied["list"] = review
+                elif not reviewing and applied.get("list") == review and mr.state == "closed":
+                    back = self._list_by_labels(claim.issue_key)
+                    if back and back != review:
+                        self.client.update_card(row.card_id, {"idList": back})
+                        applied["list"] = back
+            self.store.save_card(
+                claim,
+                row.card_id,
+                row.board_id,
+                applied,
+                row.applied_updated_at,
+                done=[(delivery.id, f"merge request {mr.state}")],
+            )
+            log.info("%s: %s on card %s", claim.issue_key, mr.describe, row.card_id)
+
+    def _list_by_labels(self, issue_key: str) -> str | None:
+        """The list the issue's labels put its card in (asked of GitLab: the issue now)."""
+        assert self.gitlab is not None
+        _instance, project, iid = issue_key.rsplit("|", 2)
+        data = self.gitlab.issue(int(project), int(iid))
+        event = gitlab_client.issue_from_rest(data, {"id": int(project)})
+        return sync.target_list(event, self.config.routing(event.project_id, None))
 
     # ------------------------------------------------------------------ Trello -> GitLab
 
@@ -498,9 +584,20 @@ class Worker:
         done = [(d.id, "applied" if d is newest else "merged") for d in events]
         routing = self.config.routing(event.project_id, event.project_path)
         spec = sync.desired_card(event, routing, self.config.gitlab["confidential"])
+        review = self.config.trello["review_list_id"]
+        open_mrs = row is not None and any(
+            state == "opened" for state in ((row.applied or {}).get("mrs") or {}).values()
+        )
+        if spec is not None and review and open_mrs and event.state != "closed":
+            spec = dataclasses.replace(spec, list_id=review)  # in review while a request is open
         if spec is not None and row is not None:
             # what a person changed on the card after this event stays as they left it
             newer = sync_back.newer_on_card(row.applied, event.updated_at)
+            if self.gitlab_username and event.author == self.gitlab_username:
+                # GitLab's webhooks for the bridge's own writes, which come from the card: the
+                # card already shows their lists, members and due date (GitLab may send an
+                # intermediate state first, e.g. a reopen before the label change it came with)
+                newer |= {"lists", "members", "due"}
             spec = sync.keep_card_values(spec, row.applied, newer)
         card_id = row.card_id if row else None
         applied = row.applied if row and row.card_id else None

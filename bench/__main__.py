@@ -25,7 +25,7 @@ from bench.common import (
     write_results,
 )
 
-SUITE = ("ack", "pg", "seed", "pace", "calls", "memory")
+SUITE = ("ack", "pg", "seed", "pace", "calls", "memory", "twoway")
 EVERY = (*SUITE, "soak")
 
 HEADER = """# gitlab2trello benchmarks

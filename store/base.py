@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from events import CardAction, IssueEvent
+from events import CardAction, IssueEvent, MergeRequestEvent
 
 SCHEMA_VERSION = 2  # both backends; numbered migrations in each backend's module
 
@@ -37,8 +37,8 @@ class Delivery:
     """One stored delivery, its event decoded."""
 
     id: int
-    kind: str  # "issue" | "note" (from GitLab) | "card" (from Trello)
-    event: Any  # IssueEvent for "issue" and "note", CardAction for "card"
+    kind: str  # "issue" | "note" | "mr" (from GitLab) | "card" (from Trello)
+    event: Any  # IssueEvent for "issue" and "note", CardAction, MergeRequestEvent
     updated_at: float | None
     received_at: float
     attempts: int
@@ -108,7 +108,9 @@ COPY_COLUMNS: Mapping[str, tuple[str, ...]] = {
 
 def delivery_from_row(row: Sequence[Any]) -> Delivery:
     """A row of ``DELIVERY_COLUMNS`` as a ``Delivery`` (the one place events are decoded)."""
-    decode = CardAction.from_json if row[1] == "card" else IssueEvent.from_json
+    decode = {"card": CardAction.from_json, "mr": MergeRequestEvent.from_json}.get(
+        row[1], IssueEvent.from_json
+    )
     return Delivery(int(row[0]), row[1], decode(row[2]), row[3], float(row[4]), int(row[5]))
 
 

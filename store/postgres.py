@@ -402,16 +402,18 @@ class PostgresStore(Store):
     ) -> tuple[int, bool]:
         received = time.time() if now is None else now
         with self._connection() as conn:
-            # one statement, one round trip, one commit; the NOTIFY goes out with the commit
             row = conn.execute(
-                "WITH added AS (INSERT INTO deliveries"
+                "INSERT INTO deliveries"
                 " (dedupe_key, issue_key, kind, updated_at, event, received_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (dedupe_key) DO NOTHING"
-                " RETURNING id)"
-                f" SELECT id, pg_notify('{CHANNEL}', '') FROM added",
+                " RETURNING id",
                 (dedupe_key, issue_key, kind, updated_at, event_json, received),
             ).fetchone()
             if row is not None:
+                # NOTIFY in a transaction of its own: a transaction that notifies holds a
+                # server-wide lock through its commit, and with the insert that would be
+                # through its WAL flush, one delivery at a time for every instance
+                conn.execute(f"NOTIFY {CHANNEL}")
                 return int(row[0]), True
             row = conn.execute(
                 "SELECT id FROM deliveries WHERE dedupe_key = %s", (dedupe_key,)
