@@ -168,22 +168,31 @@ def make_app(
         if reason:
             log.info("%s -> ignored: %s", event.describe, reason)
             return _json(200, {"status": "ignored", "reason": reason})
+        return accept(
+            parsed.dedupe_key, key, event.to_json(), kind, event.updated_at, event.describe
+        )
+
+    def accept(
+        dedupe_key: str,
+        key: str,
+        text: str,
+        kind: str,
+        updated_at: float | None,
+        describe: str,
+        what: str = "delivery",
+    ) -> HTTPResponse:
+        """Store one delivery durably and say so: 202 queued, 200 duplicate, 503."""
         try:
             delivery_id, created = store.add_delivery(
-                parsed.dedupe_key,
-                key,
-                event.to_json(),
-                kind=kind,
-                updated_at=event.updated_at,
-                now=clock(),
+                dedupe_key, key, text, kind=kind, updated_at=updated_at, now=clock()
             )
         except StoreError as exc:
-            log.error("delivery not stored: %s", exc)
-            return _text(503, "cannot store the delivery right now; nothing was accepted")
+            log.error("%s not stored: %s", what, exc)
+            return _text(503, f"cannot store the {what} right now; nothing was accepted")
         if not created:
-            log.info("%s -> duplicate of delivery %d", event.describe, delivery_id)
+            log.info("%s -> duplicate of delivery %d", describe, delivery_id)
             return _json(200, {"status": "duplicate", "delivery": delivery_id})
-        log.info("%s -> queued (delivery %d)", event.describe, delivery_id)
+        log.info("%s -> queued (delivery %d)", describe, delivery_id)
         return _json(202, {"status": "queued", "delivery": delivery_id})
 
     twoway = cfg.twoway
@@ -236,22 +245,18 @@ def make_app(
         assert isinstance(parsed, CardAction)
         try:
             issue_key = store.issue_for_card(parsed.card_id) or f"trello-card:{parsed.card_id}"
-            delivery_id, created = store.add_delivery(
-                f"trello:{parsed.id}",
-                issue_key,
-                parsed.to_json(),
-                kind="card",
-                updated_at=parsed.date,
-                now=clock(),
-            )
         except StoreError as exc:
             log.error("Trello action not stored: %s", exc)
             return _text(503, "cannot store the action right now; nothing was accepted")
-        if not created:
-            log.info("%s -> duplicate of delivery %d", parsed.describe, delivery_id)
-            return _json(200, {"status": "duplicate", "delivery": delivery_id})
-        log.info("%s -> queued (delivery %d)", parsed.describe, delivery_id)
-        return _json(202, {"status": "queued", "delivery": delivery_id})
+        return accept(
+            f"trello:{parsed.id}",
+            issue_key,
+            parsed.to_json(),
+            "card",
+            parsed.date,
+            parsed.describe,
+            what="action",
+        )
 
     @app.get("/hello/<name>")
     def hello(name: str) -> str:
