@@ -21,7 +21,7 @@ from events import IssueEvent
 from store import SCHEMA_VERSION, Claim, LostClaim, Store, StoreError
 from store.postgres import PostgresStore
 from store.sqlite import SqliteStore
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, wait_for
 
 ISSUE_A = "https://gitlab.example.com|42|1"
 ISSUE_B = "https://gitlab.example.com|42|2"
@@ -617,6 +617,15 @@ def test_pg_a_dead_session_frees_its_issues_and_loses_its_claims(pg):
     with psycopg.connect(one.url, autocommit=True) as admin:  # the kill, seen by PostgreSQL
         pid = one._session.info.backend_pid
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        wait_for(  # the signal is sent at once; the session ends a moment later
+            lambda: (
+                not admin.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)
+                ).fetchone()
+            ),
+            10,
+            "the session gone",
+        )
     (taken,) = two.claim(time.time())
     assert taken.issue_key == ISSUE_A
     with pytest.raises(StoreError):  # the broken session is noticed ...
