@@ -185,7 +185,10 @@ class Client:
     def closes_issues(self, project_id: int, iid: int) -> list[dict[str, Any]]:
         """The issues merging the merge request will close, by GitLab's own rules."""
         path = f"/projects/{project_id}/merge_requests/{iid}/closes_issues"
-        return [dict(i) for i in self._call(f"GET {path}", self.gl.http_get, path) or ()]
+        found = self._call(
+            f"GET {path}", self.gl.http_list, path, get_all=True, query_data={"per_page": 100}
+        )
+        return [dict(i) for i in found or ()]
 
     def find_issue(self, project_id: int, text: str) -> dict[str, Any] | None:
         """The issue whose description contains ``text`` (e.g. a card's URL), if any."""

@@ -245,7 +245,15 @@ def parse_delivery(
             return Ignored(
                 "event 'Merge Request Hook' is not synced ([gitlab] merge_requests = false)"
             )
-        return Delivery(dedupe_key(headers, body), parse_merge_request(data))
+        event = parse_merge_request(data)
+        target, default = _target_and_default_branch(data)
+        if target is not None and default is not None and target != default:
+            # GitLab closes issues only when a merge request targets the default branch
+            return Ignored(
+                f"merge request !{event.iid} targets {target!r}, not the default branch"
+                f" {default!r}: it closes no issue"
+            )
+        return Delivery(dedupe_key(headers, body), event)
     if event_name is not None and event_name not in ISSUE_EVENTS:
         return Ignored(f"event {event_name!r} is not synced")
     if kind not in ("issue", "work_item", None):
@@ -291,6 +299,17 @@ def parse_merge_request(data: Mapping[str, Any]) -> MergeRequestEvent:
         action=str(attrs.get("action") or "update"),
         updated_at=parse_time(attrs.get("updated_at")),
         author=_str_or_none(user.get("username")),
+    )
+
+
+def _target_and_default_branch(data: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    attrs = data.get("object_attributes")
+    project = data.get("project")  # the project the hook belongs to: the target's
+    target = attrs.get("target_branch") if isinstance(attrs, dict) else None
+    default = project.get("default_branch") if isinstance(project, dict) else None
+    return (
+        target if isinstance(target, str) and target else None,
+        default if isinstance(default, str) and default else None,
     )
 
 

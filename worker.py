@@ -367,7 +367,9 @@ class Worker:
                 elif not reviewing and applied.get("list") == review and mr.state == "closed":
                     back = self._list_by_labels(claim.issue_key)
                     if back and back != review:
-                        self.client.update_card(row.card_id, {"idList": back})
+                        # a card a person moved out of review by hand stays where they put it
+                        if self.client.get_card(row.card_id).get("idList") == review:
+                            self.client.update_card(row.card_id, {"idList": back})
                         applied["list"] = back
             self.store.save_card(
                 claim,

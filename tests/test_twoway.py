@@ -87,7 +87,8 @@ def make_bridge(request, make_service, board, gitlab) -> Callable[..., Service]:
         service = make_service(settings, start=False)
         service.settings["twoway"]["callback_url"] = service.url + "/trello"
         service.start()
-        gitlab.add_hook(PROJECT, service.url + "/issue")
+        merge_requests = str(service.settings["gitlab"].get("merge_requests")) == "true"
+        gitlab.add_hook(PROJECT, service.url + "/issue", merge_requests_events=merge_requests)
         registered = run_cli(service, "trello-webhook")
         assert registered.returncode == 0, registered.stdout + registered.stderr
         wait_for(lambda: store_meta(service, "trello_member_id"), 20, "the worker learned")
