@@ -13,7 +13,6 @@ started is stopped on the way out, on failure and on Ctrl-C too.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import shutil
 import signal
@@ -30,7 +29,6 @@ from typing import Any
 
 import requests
 
-import config
 from tests.gitlab_emulator import GitLabEmulator
 from tests.trello_emulator import TrelloEmulator
 
@@ -38,7 +36,7 @@ ROOT = Path(__file__).resolve().parent
 UWSGI = Path(sys.executable).parent / "uwsgi"
 PROJECT_ID, PROJECT_PATH = 42, "acme/widget-api"
 BOARD = "Widget API"
-LISTS = ("To Do", "Doing", "Done")
+LISTS = ("To Do", "Doing", "In review", "Done")
 PEOPLE = {"alice": "Alice Moreau", "bob": "Bob Lindqvist"}
 WAIT = 20.0  # seconds an expected outcome may take
 COLUMN = 46  # characters of each side of the table
@@ -69,21 +67,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def supported(section: str, key: str) -> str | None:
-    """A value ``[section] key`` accepts, or None when this bridge has no such key."""
-    entry = config.SCHEMA.get(section, {}).get(key)
-    if entry is None:
-        return None
-    parse, _default = entry
-    for candidate in ("true", PROJECT_PATH, str(PROJECT_ID)):
-        try:
-            parse(candidate)
-        except (ValueError, TypeError):
-            continue
-        return candidate
-    return None
-
-
 class Demo:
     def __init__(self) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="gitlab2trello-demo-"))
@@ -95,7 +78,6 @@ class Demo:
         self.log_path = self.workdir / "service.log"
         self.database = self.workdir / "bridge.sqlite3"
         self.lists: dict[str, str] = {}
-        self.extra: dict[str, dict[str, str]] = {}
 
     # ------------------------------------------------------------------ set up
     def start_emulators(self) -> None:
@@ -122,18 +104,23 @@ class Demo:
                 "secret": self.trello.secret,
                 "list_id": self.lists["To Do"],
                 "done_list_id": self.lists["Done"],
+                "review_list_id": self.lists["In review"],
             },
-            "gitlab": {"url": self.gitlab.url, "private_token": self.gitlab.token},
+            "gitlab": {
+                "url": self.gitlab.url,
+                "private_token": self.gitlab.token,
+                "default_project": PROJECT_PATH,  # the project new cards become issues of
+                "merge_requests": "true",
+            },
             "twoway": {
                 "enabled": "true",
                 "callback_url": self.url + "/trello",
                 "actions_interval": 3600,
+                "create_issues": "true",
             },
             "worker": {"poll_interval": 0.05, "retry_initial_wait": 0.2, "retry_max_wait": 1},
             "lists": {"doing": self.lists["Doing"]},
         }
-        for section, values in self.extra.items():
-            sections.setdefault(section, {}).update(values)
         text = "".join(
             f"[{section}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
             for section, values in sections.items()
@@ -178,10 +165,8 @@ class Demo:
                 "./gitlab2trello trello-webhook failed:\n" + registered.stdout + registered.stderr
             )
         print("  " + "\n  ".join(registered.stdout.strip().splitlines()))
-        self.gitlab.add_hook(
-            PROJECT_ID, self.url + "/issue", merge_requests_events="merge_requests" in self.extra
-        )
-        print(f"  GitLab project hook: {self.url}/issue")
+        self.gitlab.add_hook(PROJECT_ID, self.url + "/issue", merge_requests_events=True)
+        print(f"  GitLab project hook: {self.url}/issue (issues, comments, merge requests)")
         wait_until(lambda: self.meta("trello_member_id"), "the worker knows its Trello member")
 
     def healthy(self) -> bool:
@@ -275,6 +260,8 @@ class Demo:
                 details += "  members: " + names([members[m] for m in card["idMembers"]])
                 left += wrap(details, "     ", "     ")
                 left += wrap("due: " + (card["due"] or "-")[:10], "     ", "     ")
+                for attachment in self.trello.attachments(card["id"]):
+                    left += wrap("attached: " + attachment["name"], "     ", "     ")
         right: list[str] = []
         for issue in self.gitlab.issues(PROJECT_ID):
             right += wrap(f"#{issue['iid']} {issue['title']}", "", "   ")
@@ -284,6 +271,12 @@ class Demo:
             right += wrap(f"assignees: {people}  due: {issue['due_date'] or '-'}", "   ", "   ")
         if not right:
             right.append("(no issues)")
+        for mr in self.gitlab.merge_requests(PROJECT_ID):
+            closes = names(
+                [f"#{i['iid']}" for i in self.gitlab.closes_issues(PROJECT_ID, mr["iid"])]
+            )
+            right += wrap(f"!{mr['iid']} {mr['title']}", "", "   ")
+            right += wrap(f"{mr['state']}  closes: {closes}", "   ", "   ")
         rule = "+" + "-" * (COLUMN + 2) + "+" + "-" * (COLUMN + 2) + "+"
         rows = [
             rule,
@@ -320,11 +313,10 @@ def row(left: str, right: str) -> str:
 
 
 # ---------------------------------------------------------------------- the story
-def story(demo: Demo) -> list[str]:
-    """Play the story; return the notes about steps this bridge does not support."""
+def story(demo: Demo) -> None:
+    """Play the story; raise ``StoryFailed`` at the first step that does not end as told."""
     assert demo.trello is not None and demo.gitlab is not None
     trello, gitlab = demo.trello, demo.gitlab
-    notes: list[str] = []
     step = 0
 
     def show(title: str) -> None:
@@ -371,87 +363,49 @@ def story(demo: Demo) -> list[str]:
         raise StoryFailed(f'after settling, #{iid} is not closed with its card in "Done"')
 
     # (d) a card added on the board becomes an issue
-    created: int | None = None
-    if "create_issues" in demo.extra.get("twoway", {}):
-        name = "Export board as CSV"
-        added = trello.as_person("alice").create_card(demo.lists["To Do"], name)
-        found = wait_until(
-            lambda: [i for i in gitlab.issues(PROJECT_ID) if i["title"] == name],
-            f'an issue "{name}" in GitLab',
-        )
-        created = found[0]["iid"]
-        if created != iid + 1 or len(found) != 1:
-            raise StoryFailed(f'"{name}" became {[i["iid"] for i in found]}, not #{iid + 1}')
-        wait_until(
-            lambda: trello.card(added["id"])["name"] == f"[ ISSUE {created} ] {name}",
-            f"the card renamed [ ISSUE {created} ] {name}",
-        )
-        show(f'alice adds a card "{name}" in "To Do" -> it becomes issue #{created}')
-        if (demo.card_of(created) or {}).get("id") != added["id"]:
-            raise StoryFailed(f"issue #{created} does not have exactly the card alice added")
-    else:
-        notes.append("a card added on the board becoming an issue: no [twoway] create_issues")
-        print(f"\n(skipped: {notes[-1]})")
-
-    # (e) a merge request that closes an open issue is attached to its card
-    if "merge_requests" in demo.extra.get("gitlab", {}):
-        target = created
-        if target is None:
-            alice.reopen_issue(PROJECT_ID, iid)
-            wait_until(lambda: demo.card_of(iid)["idList"] != demo.lists["Done"], "card back")
-            target = iid
-        merge_request = open_merge_request(gitlab, "bob", "Fix login timeout", f"Closes #{target}")
-        mr_url = str(merge_request.get("web_url") or "")
-
-        def attached() -> bool:
-            found = demo.card_of(target)
-            if found is None:
-                return False
-            urls = [a.get("url", "") for a in trello.attachments(found["id"])]
-            texts = [trello.card(found["id"]).get("desc", "")]
-            texts += [c["text"] for c in trello.comments(found["id"])]
-            return any((mr_url and mr_url in u) or "merge_requests" in u for u in urls) or any(
-                mr_url and mr_url in text for text in texts
-            )
-
-        wait_until(attached, f"the merge request attached to the card of #{target}")
-        show(f'bob opens merge request "Fix login timeout" (Closes #{target}) -> on its card')
-    else:
-        missing = "the GitLab emulator has no open_merge_request"
-        if supported("gitlab", "merge_requests") is None:
-            missing = "no [gitlab] merge_requests"
-        notes.append(f"a merge request attached to its card: {missing}")
-        print(f"\n(skipped: {notes[-1]})")
-    return notes
-
-
-def open_merge_request(gitlab: GitLabEmulator, username: str, title: str, description: str) -> dict:
-    """Open a merge request as ``username`` through whichever form the emulator offers."""
-    person = gitlab.as_user(username)
-    method = getattr(person, "open_merge_request", None)
-    if method is None:
-        method = gitlab.open_merge_request  # type: ignore[attr-defined]
-    params = inspect.signature(method).parameters
-    kwargs: dict[str, Any] = {}
-    if "description" in params:
-        kwargs["description"] = description
-    for name, value in (
-        ("source_branch", "fix-login-timeout"),
-        ("target_branch", "main"),
-        ("username", username),
-        ("author", username),
-    ):
-        if name in params and params[name].default is inspect.Parameter.empty:
-            kwargs[name] = value
-    return method(PROJECT_ID, title, **kwargs) or {}
-
-
-def has_open_merge_request() -> bool:
-    from tests import gitlab_emulator
-
-    return hasattr(gitlab_emulator.Person, "open_merge_request") or hasattr(
-        GitLabEmulator, "open_merge_request"
+    name = "Export board as CSV"
+    added = trello.as_person("alice").create_card(demo.lists["To Do"], name)
+    found = wait_until(
+        lambda: [i for i in gitlab.issues(PROJECT_ID) if i["title"] == name],
+        f'an issue "{name}" in GitLab',
     )
+    created = found[0]["iid"]
+    if created != iid + 1 or len(found) != 1:
+        raise StoryFailed(f'"{name}" became {[i["iid"] for i in found]}, not #{iid + 1}')
+    wait_until(
+        lambda: trello.card(added["id"])["name"] == f"[ ISSUE {created} ] {name}",
+        f"the card renamed [ ISSUE {created} ] {name}",
+    )
+    show(f'alice adds a card "{name}" in "To Do" -> it becomes issue #{created}')
+    if (demo.card_of(created) or {}).get("id") != added["id"]:
+        raise StoryFailed(f"issue #{created} does not have exactly the card alice added")
+
+    # (e) a merge request that will close the new issue: attached to its card, in review
+    bob = gitlab.as_user("bob")
+    mr = bob.open_merge_request(PROJECT_ID, "Add a CSV export", f"Closes #{created}")
+    label = f"!{mr['iid']} Add a CSV export"
+
+    def attached() -> bool:
+        found = [a for a in trello.attachments(added["id"]) if a["url"] == mr["web_url"]]
+        return len(found) == 1 and found[0]["name"] == label
+
+    wait_until(attached, f'"{label}" attached to the card of #{created}')
+    wait_until(
+        lambda: trello.card(added["id"])["idList"] == demo.lists["In review"],
+        f'the card of #{created} in "In review"',
+    )
+    show(f'bob opens merge request {label} (Closes #{created}) -> on the card, "In review"')
+
+    # (f) merged: GitLab closes the issue, and the card goes to Done
+    bob.merge(PROJECT_ID, mr["iid"])
+    wait_until(lambda: demo.issue(created)["state"] == "closed", f"issue #{created} closed")
+    wait_until(
+        lambda: trello.card(added["id"])["idList"] == demo.lists["Done"],
+        f'the card of #{created} in "Done"',
+    )
+    show(f"bob merges {label} -> GitLab closes #{created}, its card goes to Done")
+    if len(trello.attachments(added["id"])) != 1:
+        raise StoryFailed(f"the card of #{created} does not carry the merge request once")
 
 
 def main() -> int:
@@ -463,14 +417,6 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop_signal)
     signal.signal(signal.SIGHUP, stop_signal)
     demo = Demo()
-    create = supported("twoway", "create_issues")
-    if create:
-        demo.extra.setdefault("twoway", {})["create_issues"] = create
-        if "default_project" in config.SCHEMA["gitlab"]:  # the project new cards become issues of
-            demo.extra.setdefault("gitlab", {})["default_project"] = PROJECT_PATH
-    merge = supported("gitlab", "merge_requests")
-    if merge and has_open_merge_request():
-        demo.extra.setdefault("gitlab", {})["merge_requests"] = merge
     code = 1
     try:
         print("gitlab2trello demo: Trello and GitLab emulators on loopback, the real service")
@@ -479,11 +425,9 @@ def main() -> int:
         print(f"  Trello emulator: {demo.trello.url}   GitLab emulator: {demo.gitlab.url}")
         demo.start_bridge()
         print(f"  the bridge: {demo.url}  (uWSGI, deploy/uwsgi-base.ini)")
-        notes = story(demo)
+        story(demo)
         seconds = time.monotonic() - started
         print(f"\nThe story ended as told ({seconds:.0f} s).")
-        for note in notes:
-            print(f"  skipped: {note}")
         code = 0
     except StoryFailed as exc:
         print(f"\nDEMO FAILED: {exc}", file=sys.stderr)
