@@ -102,7 +102,7 @@ NOTE_ORDER_BY = ("created_at", "updated_at")
 SORTS = ("asc", "desc")
 SEARCH_FIELDS = ("title", "description")
 LABEL_DEFAULT_COLOR = "#6699cc"
-FAULT_KINDS = frozenset({"status", "reset"})
+FAULT_KINDS = frozenset({"status", "reset", "apply_then_reset"})
 UNAUTHORIZED = {"message": "401 Unauthorized"}
 PROJECT_NOT_FOUND = {"message": "404 Project Not Found"}
 ISSUE_NOT_FOUND = {"message": "404 Not found"}
@@ -276,6 +276,7 @@ class _Fault:
     status: int
     remaining: int
     retry_after: int
+    method: str | None = None
 
 
 @dataclass
@@ -1327,16 +1328,26 @@ class GitLabEmulator(emulator_http.LoopbackEmulator):
 
     # ----------------------------------------------------------------- faults
     def fault(
-        self, kind: str = "status", *, status: int = 503, count: int = 1, retry_after: int = 1
+        self,
+        kind: str = "status",
+        *,
+        status: int = 503,
+        count: int = 1,
+        retry_after: int = 1,
+        method: str | None = None,
     ) -> None:
-        """The next ``count`` API requests answer ``status`` (kind ``"status"``), or have their
-        connection reset with no answer (kind ``"reset"``). A 429 carries ``Retry-After``."""
+        """The next ``count`` API requests (of ``method`` only, when given) answer ``status``
+        (kind ``"status"``), or have their connection reset with no answer (kind ``"reset"``),
+        or are carried out, webhooks included, and then lose their answer the same way (kind
+        ``"apply_then_reset"``). A 429 carries ``Retry-After``."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
         if count < 1:
             raise ValueError("count must be at least 1")
         with self._lock:
-            self._faults.append(_Fault(kind, int(status), int(count), int(retry_after)))
+            self._faults.append(
+                _Fault(kind, int(status), int(count), int(retry_after), method and method.upper())
+            )
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -1360,14 +1371,20 @@ class GitLabEmulator(emulator_http.LoopbackEmulator):
 
     def _handle_api(self, request: _Request) -> _Reply:
         with self._lock:
-            fault = self._take_fault()
+            fault = self._take_fault(request.method)
         if fault is not None and fault.kind == "reset":
+            return _Reply(0, reset=True)
+        if fault is not None and fault.kind == "apply_then_reset":
+            self._apply_api(request)
             return _Reply(0, reset=True)
         if fault is not None:
             if fault.status == 429:
                 headers = {"Retry-After": str(fault.retry_after)}
                 return _Reply(429, b"Retry later\n", emulator_http.TEXT, headers)
             return _json_reply(fault.status, {"message": f"{fault.status} {_phrase(fault.status)}"})
+        return self._apply_api(request)
+
+    def _apply_api(self, request: _Request) -> _Reply:
         api_path = request.path[len(API_PREFIX) :].rstrip("/") or "/"
         try:
             handler, args = self._route(request.method, api_path)
@@ -1381,13 +1398,13 @@ class GitLabEmulator(emulator_http.LoopbackEmulator):
             return _error_reply(exc)
         return result if isinstance(result, _Reply) else _json_reply(200, result)
 
-    def _take_fault(self) -> _Fault | None:
+    def _take_fault(self, method: str) -> _Fault | None:
         self._faults = [f for f in self._faults if f.remaining > 0]
-        if not self._faults:
-            return None
-        fault = self._faults[0]
-        fault.remaining -= 1
-        return fault
+        for fault in self._faults:
+            if fault.method is None or fault.method == method:
+                fault.remaining -= 1
+                return fault
+        return None
 
     def _route(self, method: str, path: str) -> tuple[Any, tuple[str, ...]]:
         method = "GET" if method == "HEAD" else method

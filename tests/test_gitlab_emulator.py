@@ -388,6 +388,21 @@ def test_fault_injection_status_and_reset(emu, project):
         emu.fault("explode")
 
 
+def test_a_fault_for_one_method_and_a_write_whose_answer_is_lost(emu, project):
+    """A fault for POST leaves reads alone; apply_then_reset creates the issue, answers nothing."""
+    emu.fault("apply_then_reset", method="POST")
+    assert get(emu, "/projects/42").status_code == 200
+    with pytest.raises(requests.ConnectionError):
+        requests.post(
+            emu.url + "/api/v4/projects/42/issues",
+            data={"title": "Lost answer"},
+            headers={"PRIVATE-TOKEN": emu.token},
+            timeout=5,
+        )
+    assert [i["title"] for i in emu.issues(42)] == ["Lost answer"]
+    assert [c.status for c in emu.calls][-1] == 0
+
+
 def test_unknown_routes_and_keyset_are_json_errors(emu, project):
     """Unknown paths are a JSON 404; keyset pagination is refused for issues as GitLab does."""
     r = get(emu, "/projects/42/boards/nope")

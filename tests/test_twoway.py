@@ -493,3 +493,23 @@ def test_a_card_becomes_one_issue_across_a_failed_rename_and_a_kill(make_bridge,
     settle(service, board, gitlab)
     assert len(gitlab.issues(PROJECT)) == 1
     assert [c["id"] for c in board.cards()] == [made["id"]]
+
+
+def test_a_card_becomes_one_issue_when_gitlabs_answer_is_lost(make_bridge, board, gitlab):
+    """The issue is created but its answer is lost; GitLab's open webhook reaches the bridge
+    before the retry does: one issue, its card the one the person added, renamed."""
+    service = make_bridge(
+        twoway={"create_issues": "true"},
+        gitlab={"default_project": PROJECT},
+        worker={"retry_initial_wait": 1, "retry_max_wait": 1},
+    )
+    gitlab.fault("apply_then_reset", method="POST")
+    made = board.as_person("alice").create_card(board.list_id, "Fix the login timeout")
+    wait_for(lambda: board.card(made["id"])["name"].startswith("[ ISSUE "), 30, "renamed")
+    settle(service, board, gitlab)
+    (created,) = gitlab.issues(PROJECT)
+    assert [c["id"] for c in board.cards()] == [made["id"]]
+    assert board.card(made["id"])["name"] == f"[ ISSUE {created['iid']} ] Fix the login timeout"
+    assert [c.status for c in gitlab.calls if c.method == "POST"] == [0]  # created once
+    gitlab.as_user("bob").close_issue(PROJECT, created["iid"])
+    wait_for(lambda: board.card(made["id"])["idList"] == board.done_list_id, 20, "Done")
