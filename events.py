@@ -86,7 +86,7 @@ class CardAction:
     actions describe it, normalised; ``what`` says which of the synced concerns it touches."""
 
     id: str  # Trello's action id: the dedupe key
-    type: str  # updateCard, commentCard, addMemberToCard, removeMemberFromCard, createCard
+    type: str  # updateCard, commentCard, add/removeMemberToCard, add/removeLabel..., createCard
     date: float  # seconds since the epoch, UTC
     board_id: str
     card_id: str
@@ -104,14 +104,19 @@ class CardAction:
     target_member_id: str | None = None  # the member added or removed
     target_username: str | None = None
     renamed: bool = False  # name or description changed (never written back)
+    label_id: str | None = None  # the label added or removed
+    label_name: str | None = None
 
     @property
     def what(self) -> str:
-        """The concern it touches: list, archive, members, comment, due, created, or ''."""
+        """The concern it touches: list, archive, members, labels, comment, due, created, or
+        ''."""
         if self.type == "commentCard":
             return "comment"
         if self.type in ("addMemberToCard", "removeMemberFromCard"):
             return "members"
+        if self.type in ("addLabelToCard", "removeLabelFromCard"):
+            return "labels"
         if self.type == "createCard":
             return "created"
         if self.list_before is not None:

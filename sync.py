@@ -15,6 +15,7 @@ from typing import Any
 
 from config import Routing
 from events import IssueEvent, Label, Note
+from gitlab_hook import parse_time
 from trello import MAX_TEXT
 
 NAME_FORMAT = "[ ISSUE {iid} ] {title}"
@@ -192,7 +193,8 @@ def applied_state(
         "labels": {label.name.lower(): label_ids[label.name.lower()] for label in spec.labels},
         "members": {name.lower(): member_ids[name.lower()] for name in spec.members},
     }
-    for kept in ("changed_at", "mrs"):  # the card's own change times; its merge requests
+    # the card's own change times; its merge requests; what it shows (``card_view``)
+    for kept in ("changed_at", "mrs", "card_labels", "card_members", "written"):
         if previous and previous.get(kept):
             state[kept] = previous[kept]
     if project_path or (previous and previous.get("project_path")):
@@ -245,6 +247,8 @@ def found_state(card: Mapping[str, Any], labels_by_id: Mapping[str, str]) -> dic
         "due": (card.get("due") or "")[:10] or None,
         "labels": {labels_by_id[i]: i for i in card.get("idLabels", ()) if i in labels_by_id},
         "members": {},
+        "card_labels": [str(i) for i in card.get("idLabels") or ()],
+        "card_members": [str(i) for i in card.get("idMembers") or ()],
     }
 
 
@@ -253,12 +257,17 @@ def plan(
     applied: Mapping[str, Any] | None,
     label_ids: Mapping[str, str],
     member_ids: Mapping[str, str],
+    replace: Collection[str] = (),
 ) -> list[Op]:
     """The calls that take the card from ``applied`` (None: no card yet) to ``spec``.
 
     ``label_ids`` and ``member_ids`` map lower-cased names to the board's ids; every label and
-    member of ``spec`` must be in them. Field changes are folded into one ``update``; labels and
-    members are added and removed one by one so that those people put on the card by hand stay.
+    member of ``spec`` must be in them. Field changes are folded into one ``update``. Labels and
+    members that people put on the card by hand stay: for the sets named in ``replace``
+    ("labels", "members") whose content on the card the bridge knows (``card_labels``,
+    ``card_members`` of ``applied``), the new whole set goes in that same ``update`` (the
+    card's set with the bridge's own changes made to it); otherwise they are added and removed
+    one by one.
     """
     want_labels = {label.name.lower(): label_ids[label.name.lower()] for label in spec.labels}
     want_members = {name.lower(): member_ids[name.lower()] for name in spec.members}
@@ -290,14 +299,69 @@ def plan(
         changes["closed"] = spec.closed
     if spec.due != applied.get("due"):
         changes["due"] = spec.due
-    ops = [Op("update", changes)] if changes else []
-    had_labels: Mapping[str, str] = applied.get("labels") or {}
-    had_members: Mapping[str, str] = applied.get("members") or {}
-    ops += [Op("add_label", {"value": i}) for n, i in want_labels.items() if n not in had_labels]
-    ops += [Op("remove_label", {"id": i}) for n, i in had_labels.items() if n not in want_labels]
-    ops += [Op("add_member", {"value": i}) for n, i in want_members.items() if n not in had_members]
-    ops += [Op("remove_member", {"id": i}) for n, i in had_members.items() if n not in want_members]
-    return ops
+    one_by_one: list[Op] = []
+    for concern, want, trello_field, view, add, remove in (
+        ("labels", want_labels, "idLabels", "card_labels", "add_label", "remove_label"),
+        ("members", want_members, "idMembers", "card_members", "add_member", "remove_member"),
+    ):
+        had: Mapping[str, str] = applied.get(concern) or {}
+        added = [i for n, i in want.items() if n not in had]
+        removed = [i for n, i in had.items() if n not in want]
+        on_card = applied.get(view)
+        if not (added or removed):
+            continue
+        if concern in replace and isinstance(on_card, list):
+            kept = [i for i in on_card if i not in removed]
+            changes[trello_field] = ",".join(kept + [i for i in added if i not in kept])
+        else:
+            one_by_one += [Op(add, {"value": i}) for i in added]
+            one_by_one += [Op(remove, {"id": i}) for i in removed]
+    return ([Op("update", changes)] if changes else []) + one_by_one
+
+
+def card_view(view: Mapping[str, Any], op: Op, answer: Any, now: float) -> dict[str, Any]:
+    """What the bridge knows the card shows after ``op`` and Trello's ``answer`` to it.
+
+    ``view`` holds ``card_labels`` and ``card_members`` (the card's label and member ids, when
+    known) and ``written`` (per set, the last whole set the bridge sent: when, by Trello's
+    clock, what it sent, and what it added to and removed from the set it knew then; see
+    ``sync_back.undone``). A card as Trello answers it (create, update) is the truth for both
+    sets; an add or a remove changes a known set.
+    """
+    result = dict(view)
+    written = dict(view.get("written") or {})
+    for concern, trello_field, key in (
+        ("labels", "idLabels", "card_labels"),
+        ("members", "idMembers", "card_members"),
+    ):
+        before = view.get(key)
+        if op.kind == "update" and trello_field in op.fields and isinstance(before, list):
+            sent = [i for i in str(op.fields[trello_field]).split(",") if i]
+            stamp = answer.get("dateLastActivity") if isinstance(answer, dict) else None
+            written[concern] = {
+                "at": _trello_time(stamp) or now,
+                "sent": sent,
+                "added": [i for i in sent if i not in before],
+                "removed": [i for i in before if i not in sent],
+            }
+        if isinstance(answer, dict) and isinstance(answer.get(trello_field), list):
+            result[key] = [str(i) for i in answer[trello_field]]
+        elif isinstance(before, list) and op.kind == f"add_{concern[:-1]}":
+            result[key] = (
+                [*before, op.fields["value"]] if op.fields["value"] not in before else before
+            )
+        elif isinstance(before, list) and op.kind == f"remove_{concern[:-1]}":
+            result[key] = [i for i in before if i != op.fields["id"]]
+    if written:
+        result["written"] = written
+    return result
+
+
+def _trello_time(value: Any) -> float | None:
+    try:
+        return parse_time(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def changed_fields(spec: CardSpec, applied: Mapping[str, Any]) -> list[str]:

@@ -12,7 +12,10 @@ for its GitLab issue, and what the card now shows.
 | comment | a note ``**Full Name** (@username) on Trello: text`` with a link to the card |
 | due date set / cleared | ``due_date`` set (the date of the due time in UTC) / cleared |
 
-Titles and descriptions stay GitLab's: a rename on Trello is never written back.
+Titles and descriptions stay GitLab's: a rename on Trello is never written back, and neither is
+a label added or removed on the card (the bridge only notes it: ``card_after`` keeps the card's
+label set, from which ``sync.plan`` replaces the set in one call; ``undone`` tells when such a
+replace, sent before the action was known, undid it).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 from config import Routing
 from events import CardAction
+from sync import Op
 
 CONCERNS = {"list": "lists", "archive": "lists", "members": "members", "due": "due"}
 
@@ -84,6 +88,8 @@ def due_date(iso: str | None) -> str:
 def plan(action: CardAction, routing: Routing, synced: frozenset[str]) -> Write:
     """What to write to the issue after ``action`` (by a person) on its card."""
     what = action.what
+    if what == "labels":
+        return Write(reason="labels stay GitLab's: a label changed on the card is not written back")
     concern = "comments" if what == "comment" else CONCERNS.get(what)
     if concern is None:
         return Write(reason=f"{action.type} is not synced")
@@ -157,6 +163,15 @@ def card_after(
     after = dict(applied)
     changed = dict(after.get("changed_at") or {})
     what = action.what
+    for kind, key, ident in (
+        ("Label", "card_labels", action.label_id),
+        ("Member", "card_members", action.target_member_id),
+    ):
+        on_card = after.get(key)
+        if ident and isinstance(on_card, list) and action.type.endswith(f"{kind}ToCard"):
+            after[key] = [*on_card, ident] if ident not in on_card else on_card
+        elif ident and isinstance(on_card, list) and action.type.endswith(f"{kind}FromCard"):
+            after[key] = [i for i in on_card if i != ident]
     if what == "list" and known_list(action.list_id, routing):
         after["list"] = action.list_id
         changed["lists"] = action.date
@@ -179,6 +194,34 @@ def card_after(
         return after
     after["changed_at"] = changed
     return after
+
+
+def undone(action: CardAction, applied: Mapping[str, Any] | None) -> Op | None:
+    """The call that makes ``action`` (a label or member a person added or removed) again, when
+    the bridge's last whole-set write of the card (``written``, see ``sync.card_view``) was sent
+    after it happened, without knowing of it, and so undid it; None when nothing was undone.
+
+    A label the person added that the write left out, other than one the bridge meant to
+    remove, is put back; one the person removed that the write sent again, other than one the
+    bridge meant to add, is taken off again. Times are Trello's (the action's date, the
+    card's ``dateLastActivity`` in the answer to the write); a tie counts as undone (adding or
+    removing again is harmless: Trello answers that it already is or is not there).
+    """
+    concern = action.what
+    ident = action.label_id if concern == "labels" else action.target_member_id
+    if concern not in ("labels", "members") or not ident or not applied:
+        return None
+    written = (applied.get("written") or {}).get(concern)
+    if not written or action.date > float(written.get("at") or 0):
+        return None
+    kind = "label" if concern == "labels" else "member"
+    sent, added, removed = (written.get(k) or () for k in ("sent", "added", "removed"))
+    if action.type in ("addLabelToCard", "addMemberToCard"):
+        if ident not in sent and ident not in removed:
+            return Op(f"add_{kind}", {"value": ident})
+    elif ident in sent and ident not in added:
+        return Op(f"remove_{kind}", {"id": ident})
+    return None
 
 
 def newer_on_card(applied: Mapping[str, Any] | None, updated_at: float | None) -> set[str]:

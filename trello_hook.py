@@ -3,7 +3,9 @@
 Verify first (``X-Trello-Webhook``: base64 of HMAC-SHA1 over the raw body plus the callback URL
 as registered, keyed with the API key's secret), then parse. What is parsed is only what the
 bridge syncs back to GitLab: moves, archiving, members, comments and due dates; everything else
-is a well-formed action the bridge answers 200 ``ignored``.
+is a well-formed action the bridge answers 200 ``ignored``. Labels a person adds or removes on a
+card are queued too: they are not written back, but they keep the bridge's view of the card's
+labels up to date (``sync.plan`` replaces the card's label set from it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ SYNCED_TYPES = (
     "commentCard",
     "addMemberToCard",
     "removeMemberFromCard",
+    "addLabelToCard",
+    "removeLabelFromCard",
     "createCard",
 )
 
@@ -127,6 +131,12 @@ def parse_action(action: Mapping[str, Any]) -> CardAction | Ignored:
         fields["text"] = text
     elif kind == "createCard":
         list_id = _str(_obj(data.get("list")).get("id")) or list_id
+    elif kind in ("addLabelToCard", "removeLabelFromCard"):
+        label = _obj(data.get("label"))
+        label_id = _str(label.get("id")) or _str(data.get("idLabel"))
+        if label_id is None:
+            raise BadDelivery(f"{kind} action without data.label.id")
+        fields.update(label_id=label_id, label_name=_str(label.get("name")))
     else:  # addMemberToCard, removeMemberFromCard
         target = _obj(action.get("member"))
         target_id = _str(data.get("idMember")) or _str(target.get("id"))
@@ -173,6 +183,8 @@ def ignored_reason(
         return None
     if action.renamed:
         return "titles and descriptions stay GitLab's: a rename on Trello is not written back"
+    if action.what == "labels":
+        return None  # never written back, but it keeps the bridge's view of the card's labels
     concern = {"list": "lists", "archive": "lists", "comment": "comments"}.get(
         action.what, action.what
     )

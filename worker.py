@@ -36,6 +36,9 @@ from store import Claim, Delivery, IssueState, LostClaim, Store, StoreError, ope
 
 log = logging.getLogger("gitlab2trello.worker")
 
+# what the bridge knows the card shows (``sync.card_view``), carried from one event to the next
+_VIEW = ("card_labels", "card_members", "written")
+
 
 class Worker:
     """Applies stored deliveries to Trello: claim, plan, run, record."""
@@ -427,6 +430,16 @@ class Worker:
             else:
                 write = sync_back.plan(action, routing, synced)
                 outcome = self._write_gitlab(claim, delivery, project_id, issue_iid, write)
+            redo = (
+                sync_back.undone(action, applied)
+                if action.member_id != self.trello_member_id
+                and (action.what == "labels" or outcome != "older than the issue's own change")
+                else None
+            )
+            if redo is not None:
+                # the bridge's last whole-set write went out before it heard of this change
+                self._run(redo, row.card_id)
+                outcome += "; made again on the card (a write sent before it was known undid it)"
             applied = sync_back.card_after(action, applied, routing)
             self.store.save_card(
                 claim,
@@ -646,14 +659,16 @@ class Worker:
         )
         members = self.boards.members(board_id) if spec.members else {}
         spec = sync.with_unmapped(event, spec, routing, members.keys())
-        ops = sync.plan(spec, applied, labels, members)
+        ops = sync.plan(spec, applied, labels, members, self._replaced_sets())
+        view = {k: v for k, v in (applied or {}).items() if k in _VIEW}
         try:
             for op in ops:
                 if op.kind == "create":
                     self.store.mark_creating(claim)
-                created = self._run(op, card_id)
-                if created is not None:
-                    card_id = created["id"]
+                answer = self._run(op, card_id)
+                view = sync.card_view(view, op, answer, self.clock())
+                if op.kind == "create":
+                    card_id = answer["id"]
                     # just the id: the map has the rest
                     self.boards.remember_card(
                         board_id, event.url, {"id": card_id, "idList": spec.list_id}
@@ -667,7 +682,7 @@ class Worker:
             claim,
             card_id,
             board_id,
-            sync.applied_state(spec, labels, members, applied, event.project_path)
+            {**sync.applied_state(spec, labels, members, applied, event.project_path), **view}
             if card_id
             else None,
             event.updated_at,
@@ -698,27 +713,34 @@ class Worker:
             )
             time.sleep(min(wait, 60.0))
 
-    def _run(self, op: sync.Op, card_id: str | None) -> dict[str, Any] | None:
-        """Perform one operation; return the card when it was created."""
+    def _replaced_sets(self) -> frozenset[str]:
+        """The card's sets ``sync.plan`` may replace whole: with two-way sync, the bridge hears
+        of every label a person puts on or takes off a card, and of every member when members
+        are synced, so it knows what the card shows; without, it adds and removes one by one."""
+        if not self.config.twoway["enabled"]:
+            return frozenset()
+        synced = self.config.twoway["sync"]
+        return frozenset({"labels", "members"} if "members" in synced else {"labels"})
+
+    def _run(self, op: sync.Op, card_id: str | None) -> Any:
+        """Perform one operation; return Trello's answer (the card, for a create or update)."""
         assert self.client is not None
         if op.kind == "create":
             return self.client.create_card(op.fields)
         assert card_id is not None
         if op.kind == "update":
-            self.client.update_card(card_id, op.fields)
-        elif op.kind == "add_label":
-            self.client.add_card_label(card_id, op.fields["value"])
-        elif op.kind == "remove_label":
-            self.client.remove_card_label(card_id, op.fields["id"])
-        elif op.kind == "add_member":
-            self.client.add_card_member(card_id, op.fields["value"])
-        elif op.kind == "remove_member":
-            self.client.remove_card_member(card_id, op.fields["id"])
-        elif op.kind == "comment":
-            self.client.add_comment(card_id, op.fields["text"])
-        else:  # pragma: no cover - plan() makes no other kind
-            raise ValueError(f"unknown operation {op.kind}")
-        return None
+            return self.client.update_card(card_id, op.fields)
+        if op.kind == "add_label":
+            return self.client.add_card_label(card_id, op.fields["value"])
+        if op.kind == "remove_label":
+            return self.client.remove_card_label(card_id, op.fields["id"])
+        if op.kind == "add_member":
+            return self.client.add_card_member(card_id, op.fields["value"])
+        if op.kind == "remove_member":
+            return self.client.remove_card_member(card_id, op.fields["id"])
+        if op.kind == "comment":
+            return self.client.add_comment(card_id, op.fields["text"])
+        raise ValueError(f"unknown operation {op.kind}")  # pragma: no cover - plan() makes no other
 
 
 # ---------------------------------------------------------------------- the process

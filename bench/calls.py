@@ -2,7 +2,9 @@
 
 A realistic mix, one phase after the other, each delivered with small pauses and drained
 before the next: new issues, title edits, label changes (half add a label, half replace one),
-closes. Then bursts: 20 edits of one issue posted back to back, for 10 issues. Calls on cards
+closes. Then bursts: 20 edits of one issue posted back to back, for 10 issues. All of it twice,
+on a bridge of its own each time: with two-way sync off, and on (which lets a label change ride
+in the card's one PUT). Calls on cards
 are counted per event; the worker's one-off reads of the list and board (and label creation)
 are reported apart. The emulator answers in 150 ms; rate limits are lifted so that waiting for
 them does not merge events that would otherwise each cost a call.
@@ -10,6 +12,9 @@ them does not merge events that would otherwise each cost a call.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 from bench.common import (
@@ -25,6 +30,7 @@ from bench.common import (
     running,
     start_trello,
 )
+from tests.conftest import ROOT
 
 LATENCY = 0.150
 PAUSE = 0.02
@@ -68,17 +74,38 @@ def row(result: dict) -> list[str]:
     ]
 
 
-def run(options: Options) -> Section:
+def register_webhook(bridge: Bridge) -> None:
+    """``gitlab2trello trello-webhook``: the bridge's Trello webhook, as two-way sync needs."""
+    registered = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "trello-webhook"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GITLAB2TRELLO_CONFIG": str(bridge.config_path)},
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
+    if registered.returncode != 0:
+        raise RuntimeError("trello-webhook failed:\n" + registered.stdout + registered.stderr)
+
+
+def measure(options: Options, two_way: bool) -> tuple[list[dict], dict, dict, int]:
+    """The mix, then the bursts, on a bridge of its own; (mix phases, set-up, bursts, failed)."""
     scale = 0.4 if options.quick else 1.0
     opens, edits = int(100 * scale), int(100 * scale)
     labels, closes = int(50 * scale), int(50 * scale)
     bursts = 5 if options.quick else 10
-    section = Section("calls", "Trello calls per delivered event")
-    workdir = options.subdir("calls")
+    mode = "twoway-on" if two_way else "twoway-off"
+    workdir = options.subdir("calls") / mode
     trello = start_trello(latency=LATENCY, rate_limit=UNLIMITED)
     settings = trello.settings(max_requests_per_10s=UNLIMITED)
+    if two_way:
+        settings["trello"]["secret"] = trello.emulator.secret
+        settings["twoway"] = {"enabled": "true", "callback_url": "set below"}
     bridge = Bridge(workdir / "service", settings)
-    poster = Poster(bridge.url, "calls-")
+    if two_way:
+        bridge.settings["twoway"]["callback_url"] = bridge.url + "/trello"
+    poster = Poster(bridge.url, f"calls-{mode}-")
     mix: list[dict] = []
     half = labels // 2
 
@@ -118,6 +145,8 @@ def run(options: Options) -> Section:
     ]
     with running(trello, bridge):
         bridge.start()
+        if two_way:
+            register_webhook(bridge)
         trello.emulator.reset_calls()
         for name, bodies in plan:
             mix.append(phase(name, bodies, poster, bridge, trello, PAUSE))
@@ -126,35 +155,51 @@ def run(options: Options) -> Section:
             f"bursts: {BURST} edits x {bursts} issues", burst_bodies, poster, bridge, trello, 0.0
         )
         failed = poster.failed
-    events = sum(r["events"] for r in mix)
-    card_calls = sum(r["card_calls"] for r in mix)
-    board_calls = sum(r["board_calls"] for r in mix)
-    mix_ratio = card_calls / events if events else None
-    burst_ratio = burst["card_calls"] / burst["events"] if burst["events"] else None
-    total = {
-        "name": "mix total",
-        "events": events,
-        "card_calls": card_calls,
-        "board_calls": board_calls,
-        "seconds": sum(r["seconds"] for r in mix),
-        "drained": all(r["drained"] for r in mix),
-    }
-    section.tables.append(
-        Table(
-            ["phase", "events", "card calls", "one-off board calls", "calls/event", "seconds"],
-            [row(r) for r in [*mix, total, setup, burst]],
+    return mix, setup, burst, failed
+
+
+def run(options: Options) -> Section:
+    section = Section("calls", "Trello calls per delivered event")
+    failed = 0
+    for two_way in (False, True):
+        mix, setup, burst, lost = measure(options, two_way)
+        failed += lost
+        mode = "two-way on" if two_way else "two-way off"
+        events = sum(r["events"] for r in mix)
+        card_calls = sum(r["card_calls"] for r in mix)
+        mix_ratio = card_calls / events if events else None
+        burst_ratio = burst["card_calls"] / burst["events"] if burst["events"] else None
+        total = {
+            "name": "mix total",
+            "events": events,
+            "card_calls": card_calls,
+            "board_calls": sum(r["board_calls"] for r in mix),
+            "seconds": sum(r["seconds"] for r in mix),
+            "drained": all(r["drained"] for r in mix),
+        }
+        section.tables.append(
+            Table(
+                ["phase", "events", "card calls", "one-off board calls", "calls/event", "seconds"],
+                [row(r) for r in [*mix, total, setup, burst]],
+                caption=f"{mode.capitalize()}:",
+            )
         )
-    )
-    section.targets += [
-        Target("card calls per event, mix", mix_ratio, "<=", 1.0),
-        Target("card calls per event, bursts", burst_ratio, "<=", 0.3),
-    ]
+        section.targets += [
+            Target(f"card calls per event, mix, {mode}", mix_ratio, "<=", 1.0),
+            Target(f"card calls per event, bursts, {mode}", burst_ratio, "<=", 0.3),
+        ]
+    labels = int(50 * (0.4 if options.quick else 1.0))
+    half = labels // 2
     section.notes += [
         f"Pauses of {PAUSE * 1000:.0f} ms between deliveries of a phase; each phase drained "
         "before the next. Every event has a newer updated_at than the one before.",
-        f"label change: the first {half} add a label (one call), the other "
-        f"{labels - half} replace one label with another (add + remove: two calls, the worker "
-        "keeps labels put on the card by hand, so it does not overwrite the whole set).",
+        f"label change: the first {half} add a label, the other {labels - half} replace one "
+        "label with another (the title as already edited). Two-way off: each label "
+        "added or removed is a call of its own (POST or DELETE idLabels), so that labels put on "
+        "the card by hand stay. Two-way on (`[twoway] enabled`, the bridge's Trello webhook "
+        "registered, no person acting on the board): the bridge knows the card's label set "
+        "from Trello's answers and the webhook's label actions, and sends the new whole set "
+        "in the one PUT of the card (hand labels kept).",
         "One-off board calls (list and board reads, creating a label new to the board) are "
         "not per event: the worker caches them.",
         f"Deliveries not answered 2xx: {failed}.",

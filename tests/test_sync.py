@@ -436,6 +436,106 @@ def test_plan_adds_and_removes_labels_and_members():
     ]
 
 
+HAND = "H" * 24  # a label a person put on the card
+
+
+def known_card(spec: sync.CardSpec, *extra_labels: str) -> dict[str, Any]:
+    """The applied state of ``spec``, with what the card shows known: its labels plus extra."""
+    applied = sync.applied_state(spec, LABEL_IDS, MEMBER_IDS)
+    applied["card_labels"] = [*applied["labels"].values(), *extra_labels]
+    applied["card_members"] = list(applied["members"].values())
+    return applied
+
+
+def test_plan_replaces_known_sets_in_the_one_update_keeping_hand_labels():
+    """With the card's sets known, a label and member swap rides in the one update as whole
+    sets: the bridge's changes made to what the card shows, the hand label kept."""
+    before = spec_of(labels=(Label("bug"), Label("docs")), members=("ann", "sokafor"))
+    after = spec_of(
+        name="[ ISSUE 23 ] new", labels=(Label("bug"), Label("ux")), members=("ann", "lee.park")
+    )
+    applied = known_card(before, HAND)
+    ops = sync.plan(after, applied, LABEL_IDS, MEMBER_IDS, replace={"labels", "members"})
+    assert ops == [
+        sync.Op(
+            "update",
+            {
+                "name": "[ ISSUE 23 ] new",
+                "idLabels": f"{LABEL_IDS['bug']},{HAND},{LABEL_IDS['ux']}",
+                "idMembers": f"{MEMBER_IDS['ann']},{MEMBER_IDS['lee.park']}",
+            },
+        )
+    ]
+
+
+def test_plan_adds_and_removes_one_by_one_when_the_set_is_not_known_or_not_replaced():
+    """Without the card's set (no two-way view), or with the set not named in replace, the
+    safe way stays: one call per label or member."""
+    before = spec_of(labels=(Label("bug"),), members=("ann",))
+    after = spec_of(labels=(Label("ux"),), members=("lee.park",))
+    unknown = sync.applied_state(before, LABEL_IDS, MEMBER_IDS)
+    assert [op.kind for op in sync.plan(after, unknown, LABEL_IDS, MEMBER_IDS, {"labels"})] == [
+        "add_label",
+        "remove_label",
+        "add_member",
+        "remove_member",
+    ]
+    ops = sync.plan(after, known_card(before, HAND), LABEL_IDS, MEMBER_IDS, replace={"labels"})
+    assert ops == [
+        sync.Op("update", {"idLabels": f"{HAND},{LABEL_IDS['ux']}"}),
+        sync.Op("add_member", {"value": MEMBER_IDS["lee.park"]}),
+        sync.Op("remove_member", {"id": MEMBER_IDS["ann"]}),
+    ]
+
+
+def test_plan_sends_no_set_when_the_bridge_changes_nothing_in_it():
+    """Labels unchanged on GitLab's side: no idLabels, even if the card carries hand labels."""
+    spec = spec_of(labels=(Label("bug"),))
+    applied = known_card(spec, HAND)
+    ops = sync.plan(replace_name(spec), applied, LABEL_IDS, MEMBER_IDS, {"labels", "members"})
+    assert ops == [sync.Op("update", {"name": "[ ISSUE 23 ] renamed"})]
+
+
+def replace_name(spec: sync.CardSpec) -> sync.CardSpec:
+    return replace(spec, name="[ ISSUE 23 ] renamed")
+
+
+def test_plan_removing_the_last_label_sends_an_empty_set():
+    """The last of the bridge's labels removed, nothing by hand: idLabels is the empty list."""
+    applied = known_card(spec_of(labels=(Label("bug"),)))
+    assert sync.plan(spec_of(), applied, LABEL_IDS, MEMBER_IDS, {"labels"}) == [
+        sync.Op("update", {"idLabels": ""})
+    ]
+
+
+def test_card_view_takes_the_sets_from_trellos_answer_and_notes_a_replace():
+    """The card Trello answers is the truth for both sets; a replace is written down with
+    Trello's time and what it added and removed from the set the bridge knew."""
+    view = {"card_labels": [LABEL_IDS["bug"], HAND], "card_members": []}
+    op = sync.Op("update", {"idLabels": f"{HAND},{LABEL_IDS['ux']}"})
+    answer = {
+        "idLabels": [HAND, LABEL_IDS["ux"]],
+        "idMembers": [MEMBER_IDS["ann"]],
+        "dateLastActivity": "2026-06-30T12:00:00.500Z",
+    }
+    after = sync.card_view(view, op, answer, now=1.0)
+    assert after["card_labels"] == [HAND, LABEL_IDS["ux"]]
+    assert after["card_members"] == [MEMBER_IDS["ann"]]
+    assert after["written"] == {
+        "labels": {
+            "at": 1_782_820_800.5,
+            "sent": [HAND, LABEL_IDS["ux"]],
+            "added": [LABEL_IDS["ux"]],
+            "removed": [LABEL_IDS["bug"]],
+        }
+    }
+    added = sync.card_view(after, sync.Op("add_label", {"value": "Z" * 24}), True, now=2.0)
+    assert added["card_labels"] == [HAND, LABEL_IDS["ux"], "Z" * 24]
+    removed = sync.card_view(added, sync.Op("remove_label", {"id": HAND}), True, now=3.0)
+    assert removed["card_labels"] == [LABEL_IDS["ux"], "Z" * 24]
+    assert sync.card_view({}, op, answer, now=4.0).get("written") is None  # nothing known
+
+
 def test_plan_reopen_unarchives():
     """Reopening an archived card sends closed False."""
     applied = sync.applied_state(spec_of(closed=True), LABEL_IDS, MEMBER_IDS)
@@ -537,4 +637,6 @@ def test_found_state_reads_a_card():
         "due": "2026-06-30",
         "labels": {"bug": "x1"},
         "members": {},
+        "card_labels": ["x1", "x2"],
+        "card_members": [],
     }

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import sync
 import sync_back
 import trello_hook
 from config import Routing
@@ -180,3 +181,60 @@ def test_a_comment_line_is_never_a_gitlab_quick_action():
     note = sync_back.note_text(comment)
     assert "\n/close" not in note and "\u200b/close" in note
     assert "\u200b /assign" in note
+
+
+# ---------------------------------------------------------------------------- labels on the card
+
+BUG, HAND = "5c0000000000000000000b01", "5c0000000000000000000b02"
+
+
+def label_action(kind: str, label_id: str, date: str, member: str = "alice") -> CardAction:
+    """A person's addLabelToCard / removeLabelFromCard as Trello's webhook sends it."""
+    delivery = json.loads(body("05-member-added.json"))
+    stamp = date[17:19] + date[20:23] + kind[:1]  # a distinct 24-hex-like id per action
+    delivery["action"].update(type=kind, date=date, id=f"6c{stamp:0>22}")
+    data = delivery["action"]["data"]
+    del data["idMember"], data["member"], delivery["action"]["member"]
+    data.update(label={"id": label_id, "name": "customer", "color": "red"}, text="customer")
+    delivery["action"]["memberCreator"]["username"] = member
+    parsed = trello_hook.parse(json.dumps(delivery).encode())
+    assert isinstance(parsed, CardAction), parsed
+    return parsed
+
+
+def test_a_label_changed_by_a_person_is_queued_never_written_back_and_kept_in_the_view():
+    """Label actions parse, pass the edge whatever [twoway] sync says, write nothing to GitLab,
+    and change the card's label set the bridge knows (when it knows one)."""
+    added = label_action("addLabelToCard", HAND, "2026-11-30T09:16:30.000Z")
+    assert (added.what, added.label_id, added.label_name) == ("labels", HAND, "customer")
+    assert trello_hook.ignored_reason(added, frozenset(), own_member=None, boards=None) is None
+    assert sync_back.plan(added, ROUTING, ALL).empty
+    known = {"labels": {"bug": BUG}, "card_labels": [BUG]}
+    assert sync_back.card_after(added, known, ROUTING)["card_labels"] == [BUG, HAND]
+    removed = label_action("removeLabelFromCard", BUG, "2026-11-30T09:16:31.000Z")
+    assert sync_back.card_after(removed, known, ROUTING)["card_labels"] == []
+    assert "card_labels" not in sync_back.card_after(added, {"labels": {}}, ROUTING)
+    assert {"addLabelToCard", "removeLabelFromCard"} <= set(trello_hook.SYNCED_TYPES)
+
+
+def test_a_change_the_bridges_whole_set_write_undid_is_made_again():
+    """A label a person added before the bridge's replace (which did not know of it) is put
+    back; one added after it, or one the bridge meant to remove, is not; a label the person
+    took off that the replace sent again is taken off again."""
+    at = trello_hook.parse_time("2026-11-30T09:16:30.000Z")
+    ux = "5c0000000000000000000b03"
+    applied = {
+        "card_labels": [ux],
+        "written": {"labels": {"at": at, "sent": [ux], "added": [ux], "removed": [BUG]}},
+    }
+    before = label_action("addLabelToCard", HAND, "2026-11-30T09:16:29.900Z")
+    assert sync_back.undone(before, applied) == sync.Op("add_label", {"value": HAND})
+    after = label_action("addLabelToCard", HAND, "2026-11-30T09:16:30.100Z")
+    assert sync_back.undone(after, applied) is None
+    meant = label_action("addLabelToCard", BUG, "2026-11-30T09:16:29.900Z")
+    assert sync_back.undone(meant, applied) is None
+    kept = {**applied, "written": {"labels": {**applied["written"]["labels"], "added": []}}}
+    taken_off = label_action("removeLabelFromCard", ux, "2026-11-30T09:16:29.000Z")
+    assert sync_back.undone(taken_off, kept) == sync.Op("remove_label", {"id": ux})
+    assert sync_back.undone(taken_off, applied) is None  # the bridge meant to add it
+    assert sync_back.undone(before, {"card_labels": [ux]}) is None  # no whole-set write yet

@@ -513,3 +513,97 @@ def test_a_card_becomes_one_issue_when_gitlabs_answer_is_lost(make_bridge, board
     assert [c.status for c in gitlab.calls if c.method == "POST"] == [0]  # created once
     gitlab.as_user("bob").close_issue(PROJECT, created["iid"])
     wait_for(lambda: board.card(made["id"])["idList"] == board.done_list_id, 20, "Done")
+
+
+# ---------------------------------------------------------------------------- labels: one call
+
+
+def card_calls(trello) -> list:
+    return [c for c in trello.calls if c.path.startswith("/1/cards")]
+
+
+def label_names(trello, card_id: str) -> set[str]:
+    by_id = {label["id"]: label["name"] for label in trello.labels(trello.board_id)}
+    return {by_id[i] for i in trello.card(card_id)["idLabels"]}
+
+
+def hand_labelled_issue(service, trello, gitlab, title: str) -> tuple[int, dict, str]:
+    """An issue labelled bug in GitLab whose card bob also gave the label customer by hand."""
+    iid = gitlab.as_user("alice").open_issue(PROJECT, title, labels=["bug"])["iid"]
+    card = wait_for(lambda: card_of(trello, iid), 20, f"card of #{iid}")
+    settle(service, trello, gitlab)
+    customer = trello.add_label(trello.board_id, "customer", "red")["id"]
+    return iid, card, customer
+
+
+def test_a_label_swap_costs_one_call_and_keeps_the_hand_label(make_bridge, board, gitlab):
+    """A person labels the card by hand; GitLab later swaps its labels and renames the issue:
+    one PUT carries the title and the whole label set, the hand label still on the card."""
+    service = make_bridge()
+    iid, card, customer = hand_labelled_issue(service, board, gitlab, "Swap me")
+    board.as_person("bob").add_label(card["id"], customer)
+    settle(service, board, gitlab)
+    board.reset_calls()
+    gitlab.reset_calls()
+    gitlab.as_user("alice").edit_issue(PROJECT, iid, title="Swapped", labels=["feature"])
+    wait_for(lambda: "feature" in label_names(board, card["id"]), 20, "label swapped")
+    settle(service, board, gitlab)
+    assert label_names(board, card["id"]) == {"customer", "feature"}
+    assert card_of(board, iid)["name"] == f"[ ISSUE {iid} ] Swapped"
+    calls = card_calls(board)
+    assert [(c.method, c.path) for c in calls] == [("PUT", f"/1/cards/{card['id']}")], calls
+    assert gitlab.count_writes() == 0  # a label put on the card is not written back
+
+
+def test_a_hand_label_whose_webhook_comes_late_is_put_back(make_bridge, board, gitlab):
+    """The race: bob labels the card, its delivery fails (Trello would retry or the bridge
+    would read it back from the board's actions), GitLab swaps labels meanwhile. The bridge's
+    one PUT, sent without knowing of the hand label, takes it off; when the action arrives,
+    dated before that PUT, the bridge puts the label back: one more call, and only then."""
+    service = make_bridge()
+    iid, card, customer = hand_labelled_issue(service, board, gitlab, "Race me")
+    good_secret = board.secret
+    board.webhook_retry_delays = ()
+    board.secret = "0" * 64  # deliveries signed with the wrong secret: refused, dropped
+    board.as_person("bob").add_label(card["id"], customer)
+    board.wait_webhooks_idle(20)
+    (late,) = [a for a in board.actions(card_id=card["id"]) if a["type"] == "addLabelToCard"][-1:]
+    board.secret = good_secret
+    board.reset_calls()
+    gitlab.as_user("alice").edit_issue(PROJECT, iid, labels=["feature"])
+    wait_for(lambda: "feature" in label_names(board, card["id"]), 20, "label swapped")
+    settle(service, board, gitlab)
+    assert label_names(board, card["id"]) == {"feature"}  # the stale view's PUT took it off
+    assert board.redeliver(late["id"]) == 1  # as Trello's retry, or the catch-up, brings it
+    wait_for(lambda: "customer" in label_names(board, card["id"]), 20, "hand label back")
+    settle(service, board, gitlab)
+    assert label_names(board, card["id"]) == {"customer", "feature"}
+    assert [(c.method, c.path) for c in card_calls(board)] == [
+        ("PUT", f"/1/cards/{card['id']}"),
+        ("POST", f"/1/cards/{card['id']}/idLabels"),
+    ]
+    assert gitlab.count_writes() == 0
+
+
+def test_a_hand_label_taken_off_before_the_swap_stays_off(make_bridge, board, gitlab):
+    """bob takes his hand label off the card; its delivery comes after GitLab's swap, whose
+    PUT sent the label again: the bridge takes it off again."""
+    service = make_bridge()
+    iid, card, customer = hand_labelled_issue(service, board, gitlab, "Untag me")
+    board.as_person("bob").add_label(card["id"], customer)
+    settle(service, board, gitlab)
+    good_secret = board.secret
+    board.webhook_retry_delays = ()
+    board.secret = "0" * 64
+    board.as_person("bob").remove_label(card["id"], customer)
+    board.wait_webhooks_idle(20)
+    late = [a for a in board.actions(card_id=card["id"]) if a["type"] == "removeLabelFromCard"]
+    board.secret = good_secret
+    gitlab.as_user("alice").edit_issue(PROJECT, iid, labels=["feature"])
+    wait_for(lambda: "feature" in label_names(board, card["id"]), 20, "label swapped")
+    settle(service, board, gitlab)
+    assert label_names(board, card["id"]) == {"customer", "feature"}  # sent again
+    board.redeliver(late[-1]["id"])
+    wait_for(lambda: "customer" not in label_names(board, card["id"]), 20, "taken off again")
+    settle(service, board, gitlab)
+    assert label_names(board, card["id"]) == {"feature"}

@@ -12,7 +12,7 @@ import pytest
 import config
 import retry
 import trello
-from events import IssueEvent
+from events import IssueEvent, Label
 from store import Store
 from store.postgres import PostgresStore
 from store.sqlite import SqliteStore
@@ -253,3 +253,64 @@ def test_reconciliation_runs_on_one_instance_at_a_time(store, trello, tmp_path):
             if runner.is_alive():
                 runner.join(10)
             other.close()
+
+
+def queue_labelled(
+    db: Store, iid: int, labels: tuple[str, ...], updated: float, title: str = "Labelled"
+) -> None:
+    event = IssueEvent(
+        instance="https://gitlab.example.com",
+        project_id=42,
+        iid=iid,
+        title=title,
+        url=f"https://gitlab.example.com/acme/widget-api/-/issues/{iid}",
+        action="update",
+        state="opened",
+        updated_at=updated,
+        labels=tuple(Label(name) for name in labels),
+    )
+    db.add_delivery(f"l{iid}-{updated}", event.issue_key, event.to_json(), updated_at=updated)
+
+
+def apply_next(db: Store, worker: Worker) -> None:
+    (claim,) = db.claim(time.time())
+    worker.process(claim)
+    db.release(claim)
+
+
+@pytest.mark.parametrize("two_way", [False, True])
+def test_a_label_swap_is_one_put_with_two_way_and_add_plus_remove_without(
+    store, trello, tmp_path, two_way
+):
+    """A card labelled bug by GitLab gets customer by hand, which Trello's answer to the next
+    update (a title edit) shows the bridge; then GitLab swaps bug for feature. With two-way
+    sync the swap is one PUT of the whole set; without, an add and a remove. The hand label
+    stays either way."""
+    sections = (
+        {
+            "twoway": {"enabled": "true", "callback_url": "http://x/trello"},
+            "trello": {"secret": "s"},
+        }
+        if two_way
+        else {}
+    )
+    cfg = make_config(tmp_path, trello, **sections)
+    worker = Worker(cfg, store, client_for(cfg))
+    queue_labelled(store, 7, ("bug",), 1.0)
+    apply_next(store, worker)
+    (card,) = trello.cards()
+    trello.add_member(trello.board_id, "alice", "Alice")
+    customer = trello.add_label(trello.board_id, "customer", "red")["id"]
+    trello.as_person("alice").add_label(card["id"], customer)
+    queue_labelled(store, 7, ("bug",), 2.0, title="Renamed")
+    apply_next(store, worker)
+    trello.reset_calls()
+    queue_labelled(store, 7, ("feature",), 3.0, title="Renamed")
+    apply_next(store, worker)
+    by_id = {label["id"]: label["name"] for label in trello.labels(trello.board_id)}
+    assert {by_id[i] for i in trello.card(card["id"])["idLabels"]} == {"customer", "feature"}
+    card_calls = [(c.method, c.path) for c in trello.calls if c.path.startswith("/1/cards")]
+    if two_way:
+        assert card_calls == [("PUT", f"/1/cards/{card['id']}")]
+    else:
+        assert sorted(method for method, _ in card_calls) == ["DELETE", "POST"]
