@@ -158,6 +158,8 @@ class MergeRequestEvent:
     action: str  # open, update, close, reopen, merge, ...
     updated_at: float | None
     author: str | None = None
+    # False on the copy queued to an issue it closed before and no longer closes
+    closes: bool = True
 
     @property
     def key(self) -> str:

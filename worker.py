@@ -328,15 +328,25 @@ class Worker:
                 if i.get("web_url")
             ]
             synced = [key for key in keys if self.store.has_card(key)]
-            for key in synced:
+            # the issues it was on before and no longer closes (its description was edited)
+            remembered = f"closes:{mr.key}"
+            before = json.loads(self.store.meta(remembered) or "[]")
+            dropped = [key for key in before if key not in synced]
+            for key, event in [(k, mr) for k in synced] + [
+                (k, dataclasses.replace(mr, closes=False)) for k in dropped
+            ]:
                 self.store.add_delivery(
                     f"mr:{delivery.id}:{key}",
                     key,
-                    mr.to_json(),
+                    event.to_json(),
                     kind="mr",
                     updated_at=mr.updated_at,
                 )
+            if synced or before:
+                self.store.set_meta(remembered, json.dumps(sorted(synced)))
             outcome = f"on {len(synced)} card(s)" if synced else "closes no synced issue"
+            if dropped:
+                outcome += f", no longer closes {len(dropped)}"
             self.store.finish(claim, [(delivery.id, outcome)])
             log.info("%s: %s -> %s", claim.issue_key, mr.describe, outcome)
 
@@ -357,17 +367,19 @@ class Worker:
             seen = mr.url in mrs or (
                 delivery.attempts > 0 and mr.url in self.client.attachment_urls(row.card_id)
             )
-            if not seen:
+            if not seen and mr.closes:
                 self.store.mark_attempted(claim, delivery.id)
                 self.client.add_attachment(row.card_id, mr.url, mr.name)
-            mrs[mr.url] = mr.state
+            # a request that no longer closes the issue keeps its attachment, not the card
+            mrs[mr.url] = mr.state if mr.closes else "unlinked"
             applied["mrs"] = mrs
             if review and not applied.get("closed"):
                 reviewing = any(state == "opened" for state in mrs.values())
+                left = mr.state == "closed" or not mr.closes
                 if reviewing and applied.get("list") != review:
                     self.client.update_card(row.card_id, {"idList": review})
                     applied["list"] = review
-                elif not reviewing and applied.get("list") == review and mr.state == "closed":
+                elif not reviewing and applied.get("list") == review and left:
                     back = self._list_by_labels(claim.issue_key)
                     if back and back != review:
                         # a card a person moved out of review by hand stays where they put it
@@ -380,7 +392,7 @@ class Worker:
                 row.board_id,
                 applied,
                 row.applied_updated_at,
-                done=[(delivery.id, f"merge request {mr.state}")],
+                done=[(delivery.id, f"merge request {mr.state if mr.closes else 'unlinked'}")],
             )
             log.info("%s: %s on card %s", claim.issue_key, mr.describe, row.card_id)
 

@@ -119,6 +119,27 @@ def test_a_card_moved_by_hand_during_review_stays_where_the_person_put_it(
     assert card_of(board, iid)["idList"] == board.someday_id
 
 
+def test_a_merge_request_that_no_longer_closes_the_issue_lets_its_card_go(
+    make_bridge, board, gitlab, review
+):
+    """Its description edited so that it closes nothing: the card leaves review (the attachment
+    stays, once); edited back: in review again, still one attachment."""
+    service = bridge_with_merge_requests(make_bridge, review)
+    iid, card = open_issue(service, board, gitlab, "Login times out")
+    bob = gitlab.as_user("bob")
+    mr = bob.open_merge_request(PROJECT, "Fix login timeout", f"Closes #{iid}")
+    wait_for(lambda: card_of(board, iid)["idList"] == review, 20, "in review")
+    bob.edit_merge_request(PROJECT, mr["iid"], description=f"Related to #{iid}")
+    wait_for(lambda: card_of(board, iid)["idList"] == board.list_id, 20, "out of review")
+    settle(service, board, gitlab)
+    assert len(merge_request_attachments(board, card["id"])) == 1
+    bob.edit_merge_request(PROJECT, mr["iid"], description=f"Closes #{iid}")
+    wait_for(lambda: card_of(board, iid)["idList"] == review, 20, "in review again")
+    settle(service, board, gitlab)
+    assert len(merge_request_attachments(board, card["id"])) == 1
+    assert "no longer closes 1" in service.log()
+
+
 def test_merge_requests_that_close_no_synced_issue_change_nothing(make_bridge, board, gitlab):
     service = bridge_with_merge_requests(make_bridge, None)
     iid, card = open_issue(service, board, gitlab, "Login times out")
