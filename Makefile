@@ -57,14 +57,15 @@ wrk:
 bench: $(VENV)/.dev-deps nginx wrk postgres
 	$(BIN)/python -m bench $(ARGS)
 
-## bench-soak: memory of every process under 50 deliveries/s for 10 minutes
+## bench-soak: memory of every process under 50 deliveries/s for $(MINUTES) minutes
+MINUTES ?= 30
 bench-soak: $(VENV)/.dev-deps nginx wrk
-	$(BIN)/python -m bench soak --minutes 10
+	$(BIN)/python -m bench soak --minutes $(MINUTES)
 
-## soak: the long fault campaign, then the 10-minute memory soak
+## soak: the long fault campaign, then the $(MINUTES)-minute memory soak
 soak: $(VENV)/.dev-deps nginx wrk
 	$(BIN)/pytest tests/test_faults.py --soak
-	$(BIN)/python -m bench soak --minutes 10
+	$(BIN)/python -m bench soak --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis

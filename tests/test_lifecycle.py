@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from tests.conftest import issue_payload, load_fixture
+from tests.conftest import issue_payload, load_fixture, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -300,11 +300,8 @@ def test_comment_waits_for_its_card_and_is_copied_once(bridge, board):
     internal = note(14, 502, "internal")
     internal["object_attributes"]["internal"] = True
     assert bridge.post(internal, event="Note Hook").json()["status"] == "ignored"
-    import time
-
-    time.sleep(0.5)
+    wait_for(lambda: bridge.health()["waiting_for_card"] == 1, 20, "the comment waiting")
     assert board.cards() == []
-    assert bridge.health()["waiting_for_card"] == 1
     bridge.post(event(14, 1))
     bridge.wait_idle()
     card = only_card(board)
