@@ -17,6 +17,7 @@ from bottle import Bottle, HTTPResponse, request, response
 
 import config as config_module
 import gitlab_hook
+import memory
 import observe
 import trello_hook
 from events import CardAction, IssueEvent, MergeRequestEvent
@@ -373,6 +374,7 @@ def _first_process() -> bool:
 
 def create_application() -> Bottle:
     """The service's application, from ``config.ini`` and the environment."""
+    memory.limit_malloc_arenas()  # before the request threads allocate
     cfg = config_module.load()
     observe.setup_logging(cfg.server["log_level"], observe.secrets_of(cfg))
     observe.setup_metrics(cfg.metrics_dir, cfg.server["instance"])

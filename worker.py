@@ -25,6 +25,7 @@ from typing import Any
 import config as config_module
 import gitlab_client
 import gitlab_hook
+import memory
 import observe
 import reconcile
 import retry
@@ -790,6 +791,7 @@ def build(cfg: config_module.Config) -> Worker:
 
 def main() -> None:
     """Entry point of the uWSGI mule (``mule = worker.py``) and of ``python worker.py``."""
+    memory.limit_malloc_arenas()
     cfg = config_module.load()
     observe.setup_logging(cfg.server["log_level"], observe.secrets_of(cfg))
     observe.setup_metrics(cfg.metrics_dir, cfg.server["instance"])

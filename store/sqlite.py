@@ -196,9 +196,10 @@ class SqliteStore(Store):
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             # give the disk back after each checkpoint instead of keeping a large WAL file
             conn.execute("PRAGMA journal_size_limit = 4194304")
-            # one connection per thread (8 per web process): a 1 MiB page cache each keeps a
-            # process's memory bounded and small; the queries read a few pages by index
-            conn.execute("PRAGMA cache_size = -1024")
+            # one connection per thread (8 per web process), each with a page cache of its
+            # own that fills as the file grows: 128 KiB each keeps a process's memory small and
+            # flat; the queries read a few pages by index, and the OS caches the file
+            conn.execute("PRAGMA cache_size = -128")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
         self._local.conn = conn
