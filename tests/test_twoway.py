@@ -473,6 +473,13 @@ def test_a_card_added_on_the_board_becomes_one_issue(make_bridge, board, gitlab)
     # and the issue lives on like any other: closing it moves its card
     gitlab.as_user("bob").close_issue(PROJECT, created["iid"])
     wait_for(lambda: card_of(board, created["iid"])["idList"] == board.done_list_id, 20, "Done")
+    # the card the bridge itself creates in the new-card list for an issue opened in GitLab
+    # becomes no second issue
+    opened = gitlab.as_user("bob").open_issue(PROJECT, "Filed in GitLab")["iid"]
+    wait_for(lambda: card_of(board, opened), 20, "its card")
+    settle(service, board, gitlab)
+    assert card_of(board, opened)["idList"] == board.list_id
+    assert [i["iid"] for i in gitlab.issues(PROJECT)] == [created["iid"], opened]
 
 
 def test_a_card_becomes_one_issue_across_a_failed_rename_and_a_kill(make_bridge, board, gitlab):
