@@ -185,6 +185,16 @@ class SharedWindow:
             ).fetchone()
         return float(row[0]) if row else 0.0
 
+    def count(self, span: float) -> int:
+        """The calls every instance made in the last ``span`` seconds."""
+        with self.store._connection() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM rate_calls"
+                " WHERE name = %s AND at > extract(epoch FROM clock_timestamp()) - %s",
+                (self.name, span),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
 
 class PostgresStore(Store):
     """The bridge's tables in one PostgreSQL database, shared by every instance."""
