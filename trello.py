@@ -87,11 +87,11 @@ class LocalWindow:
             # until enough of them have left the window for one more (never 0: that grants)
             return max(recent[len(recent) - max(limit, 1)] + interval - now, 1e-6)
 
-    def count(self, span: float) -> int:
-        """The calls counted in the last ``span`` seconds."""
+    def count(self, older: float, newer: float = 0.0) -> int:
+        """The calls counted from ``older`` seconds ago up to ``newer`` seconds ago."""
         with self._lock:
-            since = self._clock() - span
-            return sum(1 for t in self._sent if t > since)
+            now = self._clock()
+            return sum(1 for t in self._sent if now - older < t <= now - newer)
 
 
 class Window(Protocol):
@@ -99,7 +99,7 @@ class Window(Protocol):
 
     def take(self, limit: int, interval: float) -> float: ...
 
-    def count(self, span: float) -> int: ...
+    def count(self, older: float, newer: float = 0.0) -> int: ...
 
 
 SCOPES = ("token", "key")  # Trello's two budgets: the token's (100 / 10 s), the key's (300 / 10 s)
@@ -232,11 +232,13 @@ class Pacer:
                 announced[scope] = (most, remaining, (interval_ms or 10000) / 1000)
         ours = None
         if announced:
-            # the calls of the window as Trello counted them for this answer: those sent from
-            # one window before this call up to now (a 429 was not counted)
-            span = max(seconds for _m, _r, seconds in announced.values()) + max(elapsed, 0.0)
+            # the calls of the window as Trello counted them for this answer: those sent in the
+            # window that ends with this call (a 429 was not counted); the ones sent since are
+            # still on their way, most of them (a millisecond less: this call is one of them)
+            sent = max(elapsed - 0.001, 0.0)
+            span = max(seconds for _m, _r, seconds in announced.values())
             try:
-                ours = self.window.count(span) - (1 if status == 429 else 0)
+                ours = self.window.count(span + sent, sent) - (1 if status == 429 else 0)
             except Exception as exc:  # a shared window out of reach: learn the budget only
                 log.debug("cannot count the calls of the window: %s", exc)
         interval = (_int_header(headers, "x-rate-limit-api-token-interval-ms") or 10000) / 1000

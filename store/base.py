@@ -275,7 +275,7 @@ class Store(abc.ABC):
 
     def rate_window(self, name: str) -> Any | None:
         """A call window shared by every instance (``take(limit, interval)`` and
-        ``count(span)``, as ``trello.LocalWindow``), or None."""
+        ``count(older, newer)``, as ``trello.LocalWindow``), or None."""
         return None
 
     # ------------------------------------------------------------------ operators

@@ -224,5 +224,6 @@ def test_a_window_counts_only_its_span_and_waits_for_enough_to_leave():
         assert window.take(5, 10.0) == 0
         clock.sleep(1.0)
     assert window.count(2.5) == 2
+    assert window.count(3.5, 1.5) == 2
     # the limit dropped to 2: the third-newest call must leave first
     assert window.take(2, 10.0) == pytest.approx(3.0 + 10.0 - 5.0)
