@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import random
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 import stamina
@@ -69,28 +70,66 @@ class LocalWindow:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._sent: collections.deque[float] = collections.deque()
+        self._keep = 0.0  # the longest interval asked for: older send times are dropped
         self._lock = threading.Lock()
 
     def take(self, limit: int, interval: float) -> float:
         """0 when a call may go now (and it is counted), else the seconds to wait first."""
         with self._lock:
             now = self._clock()
-            while self._sent and self._sent[0] <= now - interval:
+            self._keep = max(self._keep, interval)
+            while self._sent and self._sent[0] <= now - self._keep:
                 self._sent.popleft()
-            if len(self._sent) < limit:
+            recent = [t for t in self._sent if t > now - interval]
+            if len(recent) < limit:
                 self._sent.append(now)
                 return 0.0
-            return self._sent[0] + interval - now
+            # until enough of them have left the window for one more (never 0: that grants)
+            return max(recent[len(recent) - max(limit, 1)] + interval - now, 1e-6)
+
+    def count(self, older: float, newer: float = 0.0) -> int:
+        """The calls counted from ``older`` seconds ago up to ``newer`` seconds ago."""
+        with self._lock:
+            now = self._clock()
+            return sum(1 for t in self._sent if now - older < t <= now - newer)
+
+
+class Window(Protocol):
+    """Where the pacer counts its calls: its own ``LocalWindow`` or the store's shared one."""
+
+    def take(self, limit: int, interval: float) -> float: ...
+
+    def count(self, older: float, newer: float = 0.0) -> int: ...
+
+
+SCOPES = ("token", "key")  # Trello's two budgets: the token's (100 / 10 s), the key's (300 / 10 s)
 
 
 class Pacer:
-    """Keeps calls under ``limit`` per ``interval`` seconds (a sliding window of send times).
+    """Keeps calls inside Trello's budget: ``limit`` per ``interval`` seconds, or less when
+    Trello's answers say less is left.
 
-    The window is this process's own, or one shared by every instance (``window``: the store's
-    ``rate_window``), so that the token's budget holds for all of them together. Trello's
-    ``x-rate-limit-api-token-*`` headers and 429 answers pause every caller until the window
-    rolls over.
+    The calls are counted in a sliding window of send times, this process's own or one shared by
+    every instance (``window``: the store's ``rate_window``), so that the budget holds for all of
+    them together. Every answer carries, for the token and for the API key,
+    ``x-rate-limit-api-*-max`` (the budget), ``-interval-ms`` (its window) and ``-remaining``
+    (what is left of it after this call). From them the pacer learns:
+
+    - the budget, when it is below ``limit``: then the calls are paced to it, over its window
+      lengthened by ``guard`` seconds (the calls reach Trello a little after they are counted
+      here, and not always equally late);
+    - what others spend of it: ``max - remaining - the calls of the window`` is what other
+      integrations (or other tokens, for the key) have spent; the most seen in the last window
+      is taken off the budget, and while others spend, the calls left are spread evenly over the
+      window instead of going out in a burst.
+
+    Until an answer has told the budget (at start, or after a window without answers) one call
+    goes at a time. A 429 pauses every caller (``Retry-After`` when Trello sends it, else a
+    back-off); answers without a ``max`` fall back to pausing half a window when ``remaining``
+    is nearly exhausted.
     """
+
+    probe_timeout = 2.0  # the answer that tells the budget is waited for this long at most
 
     def __init__(
         self,
@@ -98,50 +137,134 @@ class Pacer:
         interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        window: Any | None = None,
+        window: Window | None = None,
+        guard: float = 0.2,
     ) -> None:
         self.limit = limit
         self.interval = interval
+        self.guard = guard
         self._clock = clock
         self._sleep = sleep
-        self.window = window if window is not None else LocalWindow(clock)
+        self.window: Window = window if window is not None else LocalWindow(clock)
         self._paused_until = 0.0
         self._limited = 0  # consecutive 429 answers
+        self._budgets: dict[str, tuple[int, float]] = {}  # scope -> announced (max, interval s)
+        self._others: dict[str, collections.deque[tuple[float, int]]] = {}  # (when, calls)
+        self._answered_at: float | None = None
+        self._probe_at = -math.inf
+        self._next_at = 0.0  # no call before, while spreading
         self._lock = threading.Lock()
+        self._take_lock = threading.Lock()
+
+    def pace(self) -> tuple[int, float, float]:
+        """``(limit, interval, gap)`` the next call is paced to: at most ``limit`` calls in
+        ``interval`` seconds, and ``gap`` seconds at least since the one before (0: no gap)."""
+        with self._lock:
+            return self._pace(self._clock())
+
+    def _pace(self, now: float) -> tuple[int, float, float]:
+        if not self._budgets:
+            return self.limit, self.interval, 0.0
+        interval = max(seconds for _most, seconds in self._budgets.values())
+        own = self.limit
+        if interval != self.interval:  # the configured pace, over Trello's window
+            own = max(1, int(self.limit * interval / self.interval))
+        left, spent = own, 0
+        for scope, (most, _seconds) in self._budgets.items():
+            others = self._others_spent(scope, now, interval)
+            if most - others < left:
+                left, spent = most - others, others
+        if left >= own:
+            return own, interval, 0.0
+        limit = max(1, left)
+        interval += self.guard
+        return limit, interval, interval / limit if spent else 0.0
+
+    def _others_spent(self, scope: str, now: float, interval: float) -> int:
+        seen = self._others.get(scope)
+        while seen and seen[0][0] <= now - interval:
+            seen.popleft()
+        return max((calls for _when, calls in seen), default=0) if seen else 0
 
     def acquire(self) -> None:
         """Block until one more call may be sent."""
         while True:
-            with self._lock:
-                wait = self._paused_until - self._clock()
-            if wait <= 0:
-                wait = self.window.take(self.limit, self.interval)
+            with self._take_lock:
+                with self._lock:
+                    now = self._clock()
+                    wait = self._paused_until - now
+                    window = max([self.interval, *(s for _m, s in self._budgets.values())])
+                    fresh = self._answered_at is not None and now - self._answered_at < window
+                    if wait <= 0 and not fresh:
+                        wait = self._probe_at + self.probe_timeout - now
+                    limit, interval, gap = self._pace(now)
+                    if wait <= 0 and gap:
+                        wait = self._next_at - now
                 if wait <= 0:
-                    return
+                    wait = self.window.take(limit, interval)
+                    if wait <= 0:
+                        with self._lock:
+                            self._next_at = now + gap
+                            if not fresh:
+                                self._probe_at = now
+                        return
             self._sleep(max(wait, 0.005))
 
-    def observe(self, headers: Mapping[str, str], status: int) -> None:
-        """Learn from a response's rate-limit headers and status.
+    def unanswered(self) -> None:
+        """A call ended without an answer (timeout, broken connection): the next may go."""
+        with self._lock:
+            self._probe_at = -math.inf
+
+    def observe(self, headers: Mapping[str, str], status: int, elapsed: float = 0.0) -> None:
+        """Learn from a response's rate-limit headers and status; ``elapsed``: the seconds since
+        the call was sent.
 
         A 429 pauses every caller: for ``Retry-After`` when Trello sends it, else for a wait
         that doubles with each consecutive 429 (from half a second up to the whole window),
-        with jitter. Nearly exhausted ``remaining`` pauses for half a window.
+        with jitter.
         """
+        announced: dict[str, tuple[int, int, float]] = {}
+        for scope in SCOPES:
+            most = _int_header(headers, f"x-rate-limit-api-{scope}-max")
+            remaining = _int_header(headers, f"x-rate-limit-api-{scope}-remaining")
+            interval_ms = _int_header(headers, f"x-rate-limit-api-{scope}-interval-ms")
+            if most and most > 0 and remaining is not None:
+                announced[scope] = (most, remaining, (interval_ms or 10000) / 1000)
+        ours = None
+        if announced:
+            # the calls of the window as Trello counted them for this answer: those sent in the
+            # window that ends with this call (a 429 was not counted); the ones sent since are
+            # still on their way, most of them (a millisecond less: this call is one of them)
+            sent = max(elapsed - 0.001, 0.0)
+            span = max(seconds for _m, _r, seconds in announced.values())
+            try:
+                ours = self.window.count(span + sent, sent) - (1 if status == 429 else 0)
+            except Exception as exc:  # a shared window out of reach: learn the budget only
+                log.debug("cannot count the calls of the window: %s", exc)
         interval = (_int_header(headers, "x-rate-limit-api-token-interval-ms") or 10000) / 1000
         remaining = _int_header(headers, "x-rate-limit-api-token-remaining")
         retry_after = _float_header(headers, "retry-after")
         pause = None
         with self._lock:
+            now = self._clock()
+            self._answered_at = now
+            for scope, (most, left, seconds) in announced.items():
+                if self._budgets.get(scope, (None,))[0] != most and most < self.limit:
+                    log.info("Trello allows the %s %d calls per %g s", scope, most, seconds)
+                self._budgets[scope] = (most, seconds)
+                if ours is not None:
+                    seen = self._others.setdefault(scope, collections.deque())
+                    seen.append((now, max(0, most - left - ours)))
             if status == 429:
                 self._limited += 1
                 pause = retry_after or min(interval, 0.5 * 2 ** (self._limited - 1))
                 pause *= 1 + random.random() * 0.2
             else:
                 self._limited = 0
-                if remaining is not None and remaining <= 1:
+                if "token" not in announced and remaining is not None and remaining <= 1:
                     pause = interval / 2
             if pause is not None:
-                self._paused_until = max(self._paused_until, self._clock() + pause)
+                self._paused_until = max(self._paused_until, now + pause)
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
@@ -245,14 +368,16 @@ class Client:
                 timeout=self.timeout,
             )
         except requests.Timeout:
+            self.pacer.unanswered()
             raise TrelloUnavailable(method, path, None, "timed out") from None
         except requests.RequestException as exc:
+            self.pacer.unanswered()
             raise TrelloUnavailable(
                 method, path, None, f"connection failed ({type(exc).__name__})"
             ) from None
         else:
             status = response.status_code
-            self.pacer.observe(response.headers, status)
+            self.pacer.observe(response.headers, status, time.monotonic() - started)
             if status >= 400:
                 raise _error(method, path, status, response)
             try:

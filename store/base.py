@@ -274,7 +274,8 @@ class Store(abc.ABC):
         yield True
 
     def rate_window(self, name: str) -> Any | None:
-        """A call window shared by every instance (``take(limit, interval)``), or None."""
+        """A call window shared by every instance (``take(limit, interval)`` and
+        ``count(older, newer)``, as ``trello.LocalWindow``), or None."""
         return None
 
     # ------------------------------------------------------------------ operators

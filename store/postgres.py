@@ -185,6 +185,16 @@ class SharedWindow:
             ).fetchone()
         return float(row[0]) if row else 0.0
 
+    def count(self, older: float, newer: float = 0.0) -> int:
+        """The calls every instance made from ``older`` up to ``newer`` seconds ago."""
+        with self.store._connection() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM rate_calls, extract(epoch FROM clock_timestamp()) AS now"
+                " WHERE name = %s AND at > now - %s AND at <= now - %s",
+                (self.name, older, newer),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
 
 class PostgresStore(Store):
     """The bridge's tables in one PostgreSQL database, shared by every instance."""

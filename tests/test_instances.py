@@ -177,6 +177,20 @@ def test_both_instances_share_one_trello_budget(instances, trello):
     assert len(trello.cards()) == total
 
 
+def test_both_instances_share_a_budget_smaller_than_configured(instances, trello):
+    """Trello allows 20 per 10 s, both are configured for 90: together they keep to the 20."""
+    trello.set_rate_limit(20, 10.0)
+    trello.set_latency(0.1)
+    a, b = instances(2)
+    total = 30
+    for number in range(1, total + 1):
+        post_anywhere([a, b], issue_payload(number), f"k-{number}", number % 2)
+    wait_drained([a, b], lambda: len(trello.cards()), total, timeout=60)
+    limited = trello.count_calls(status=429)
+    assert limited <= 1, f"{limited} answers 429 of {len(trello.calls)} calls"
+    assert len(trello.cards()) == total
+
+
 def test_an_idle_instance_wakes_on_new_work_at_once(instances, trello):
     """With the queue idle, a delivery reaches Trello well before the fallback poll would."""
     a, b = instances(2)

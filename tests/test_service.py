@@ -246,6 +246,20 @@ def test_trello_outage_then_rate_limit_ends_with_each_card_once(service, trello)
     assert service.health()["dead_letters"] == 0
 
 
+def test_a_smaller_budget_than_configured_is_paced_to_without_429s(service, trello):
+    """Trello allows 20 calls per 10 s, the bridge is configured for 90: it learns the 20 from
+    the answers' headers and a batch of new issues spends two windows with (almost) no 429."""
+    trello.set_rate_limit(20, 10.0)
+    trello.set_latency(0.1)
+    for iid in range(1, 31):
+        assert service.post(issue_payload(iid)).status_code == 202
+    service.wait_idle(timeout=60)
+    assert len(trello.cards()) == 30
+    limited = trello.count_calls(status=429)
+    assert limited <= 1, f"{limited} answers 429 of {len(trello.calls)} calls"
+    assert len(trello.calls) - limited > 20, "the batch did not need a second window"
+
+
 def test_ambiguous_create_does_not_duplicate(service, trello):
     """A create whose answer is lost (applied, then reset) is found on the board, not redone."""
     trello.fault("apply_then_reset", method="POST", path_prefix="/cards", count=1)

@@ -661,6 +661,11 @@ def test_pg_shared_window_counts_every_instance(pg):
     assert granted.count(0.0) == 5
     assert all(0 < wait <= 10.0 for wait in granted if wait)
     assert one.rate_window("trello:other").take(5, 10.0) == 0.0
+    # what either instance counts, for the pacer's reading of Trello's "remaining"
+    assert [w.count(10.0) for w in windows] == [5, 5]
+    assert one.rate_window("trello:other").count(10.0) == 1
+    assert windows[0].count(0.0) == 0
+    assert windows[1].count(10.0, 5.0) == 0
 
 
 def test_pg_unreachable_database_raises_store_error_quickly():

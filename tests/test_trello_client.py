@@ -124,7 +124,9 @@ def test_pacer_keeps_under_the_limit():
         now[0] += seconds
 
     pacer = trello.Pacer(limit=3, interval=10.0, clock=lambda: now[0], sleep=sleep)
-    for _ in range(3):
+    pacer.acquire()
+    pacer.observe({}, 200)  # answered: the calls no longer go one at a time
+    for _ in range(2):
         pacer.acquire()
     assert slept == []
     pacer.acquire()
