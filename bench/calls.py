@@ -12,9 +12,6 @@ them does not merge events that would otherwise each cost a call.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 from bench.common import (
@@ -27,10 +24,10 @@ from bench.common import (
     Target,
     Trello,
     payload,
+    register_webhook,
     running,
     start_trello,
 )
-from tests.conftest import ROOT
 
 LATENCY = 0.150
 PAUSE = 0.02
@@ -72,21 +69,6 @@ def row(result: dict) -> list[str]:
         f"{per_event:.2f}",
         f"{result['seconds']:.1f}" + ("" if result["drained"] else " (not drained)"),
     ]
-
-
-def register_webhook(bridge: Bridge) -> None:
-    """``gitlab2trello trello-webhook``: the bridge's Trello webhook, as two-way sync needs."""
-    registered = subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), "trello-webhook"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "GITLAB2TRELLO_CONFIG": str(bridge.config_path)},
-        timeout=120,
-        cwd=ROOT,
-        check=False,
-    )
-    if registered.returncode != 0:
-        raise RuntimeError("trello-webhook failed:\n" + registered.stdout + registered.stderr)
 
 
 def measure(options: Options, two_way: bool) -> tuple[list[dict], dict, dict, int]:

@@ -16,6 +16,7 @@ import platform
 import re
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -588,3 +589,18 @@ class Poster:
     @property
     def failed(self) -> int:
         return sum(n for s, n in self.statuses.items() if not 200 <= s < 300)
+
+
+def register_webhook(bridge: Bridge) -> None:
+    """``gitlab2trello trello-webhook``: the bridge's Trello webhook, as two-way sync needs."""
+    registered = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "trello-webhook"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GITLAB2TRELLO_CONFIG": str(bridge.config_path)},
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
+    if registered.returncode != 0:
+        raise RuntimeError("trello-webhook failed:\n" + registered.stdout + registered.stderr)

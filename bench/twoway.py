@@ -27,11 +27,8 @@ people alice and bob. First 100 issues (30 with --quick) are opened in GitLab an
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -49,10 +46,10 @@ from bench.common import (
     Trello,
     fmt,
     merge,
+    register_webhook,
     running,
     start_trello,
 )
-from tests.conftest import ROOT
 from tests.gitlab_emulator import GitLabEmulator
 
 LATENCY = 0.150
@@ -182,17 +179,7 @@ def start(options: Options, issues: int) -> tuple[Rig, list[Any]]:
     try:
         bridge.start()
         gitlab.add_hook(PROJECT, bridge.url + "/issue")
-        registered = subprocess.run(
-            [sys.executable, str(ROOT / "cli.py"), "trello-webhook"],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "GITLAB2TRELLO_CONFIG": str(bridge.config_path)},
-            timeout=120,
-            cwd=ROOT,
-            check=False,
-        )
-        if registered.returncode != 0:
-            raise RuntimeError("trello-webhook failed:\n" + registered.stdout + registered.stderr)
+        register_webhook(bridge)
         wait_until(
             lambda: bridge.query("SELECT value FROM meta WHERE key = 'trello_member_id'"),
             30,

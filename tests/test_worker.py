@@ -116,16 +116,25 @@ def client_for(cfg: config.Config) -> trello.Client:
     return trello.Client(t["api_url"], t["key"], t["token"], read_timeout=2, retry_attempts=1)
 
 
-def queue(db: Store, iid: int, title: str, key: str | None = None, updated: float = 1.0) -> int:
+def queue(
+    db: Store,
+    iid: int,
+    title: str,
+    key: str | None = None,
+    updated: float = 1.0,
+    labels: tuple[str, ...] = (),
+    action: str = "open",
+) -> int:
     event = IssueEvent(
         instance="https://gitlab.example.com",
         project_id=42,
         iid=iid,
         title=title,
         url=f"https://gitlab.example.com/acme/widget-api/-/issues/{iid}",
-        action="open",
+        action=action,
         state="opened",
         updated_at=updated,
+        labels=tuple(Label(name) for name in labels),
     )
     delivery_id, _ = db.add_delivery(
         key or f"k{iid}-{updated}", event.issue_key, event.to_json(), updated_at=updated
@@ -258,18 +267,7 @@ def test_reconciliation_runs_on_one_instance_at_a_time(store, trello, tmp_path):
 def queue_labelled(
     db: Store, iid: int, labels: tuple[str, ...], updated: float, title: str = "Labelled"
 ) -> None:
-    event = IssueEvent(
-        instance="https://gitlab.example.com",
-        project_id=42,
-        iid=iid,
-        title=title,
-        url=f"https://gitlab.example.com/acme/widget-api/-/issues/{iid}",
-        action="update",
-        state="opened",
-        updated_at=updated,
-        labels=tuple(Label(name) for name in labels),
-    )
-    db.add_delivery(f"l{iid}-{updated}", event.issue_key, event.to_json(), updated_at=updated)
+    queue(db, iid, title, f"l{iid}-{updated}", updated, labels, action="update")
 
 
 def apply_next(db: Store, worker: Worker) -> None:
