@@ -327,7 +327,8 @@ class Bridge(Service):
     """The service under uWSGI; optionally also on a uwsgi-protocol socket for nginx.
 
     Its store is a SQLite file in ``workdir`` unless ``database_url`` names a PostgreSQL
-    database (which several bridges may share).
+    database (which several bridges may share). ``root`` is the project folder whose code and
+    ``deploy/uwsgi-base.ini`` it runs: this checkout unless told (another commit's export).
     """
 
     def __init__(
@@ -337,15 +338,38 @@ class Bridge(Service):
         *,
         uwsgi_socket: bool = False,
         database_url: str | None = None,
+        root: Path = ROOT,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         store = {"store": {"database": database_url}} if database_url else {}
         super().__init__(workdir, merge(PRODUCTION_SETTINGS, settings, store))
         self.database_url = database_url
+        self.root = root
         self.uwsgi_port: int | None = None
         if uwsgi_socket:
             self.uwsgi_port = free_port()
             self.socket_args = [*self.socket_args, "--uwsgi-socket", f"{HOST}:{self.uwsgi_port}"]
+
+    def start(self, wait: bool = True) -> Bridge:
+        if self.root == ROOT:
+            super().start(wait)
+            return self
+        # Service.start, with the other project folder in place of this checkout
+        self.write_config()
+        env = {**os.environ, "GITLAB2TRELLO_CONFIG": str(self.config_path)}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(UWSGI), "--ini", str(self.root / "deploy" / "uwsgi-base.ini"), *self.socket_args],
+            cwd=self.root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
 
     def pids(self) -> dict[str, int]:
         return uwsgi_pids(self.log())
