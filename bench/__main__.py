@@ -1,7 +1,9 @@
 """``python -m bench [--quick] [NAME ...]``: run benchmarks, print them, write bench/results.md.
 
-Names: ack, pg, seed, pace, calls, memory (all of them when none is given) and soak, which only
-runs when named: ``python -m bench soak --minutes 10``. pg needs PostgreSQL (``make postgres``).
+Names: ack, pg, profile, seed, pace, calls, memory, twoway (all of them when none is given) and
+soak, which only runs when named: ``python -m bench soak --minutes 10``. pg and profile need
+PostgreSQL (``make postgres``); profile compares this checkout with the commit ``BENCH_BEFORE``
+names (default 79ecf59) and samples the web processes with py-spy.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from bench.common import (
     write_results,
 )
 
-SUITE = ("ack", "pg", "seed", "pace", "calls", "memory", "twoway")
+SUITE = ("ack", "pg", "profile", "seed", "pace", "calls", "memory", "twoway")
 EVERY = (*SUITE, "soak")
 
 HEADER = """# gitlab2trello benchmarks

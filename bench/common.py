@@ -170,7 +170,7 @@ def markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
 
 
 SECTION_RE = re.compile(r"<!-- bench:(\w+) start -->.*?<!-- bench:\1 end -->", re.S)
-ORDER = ("ack", "pg", "seed", "pace", "calls", "memory", "soak")
+ORDER = ("ack", "pg", "profile", "seed", "pace", "calls", "memory", "soak")
 
 
 def write_results(path: Path, sections: list[Section], header: str) -> None:
