@@ -76,6 +76,7 @@ class Run:
     workdir: Path
     cell: Cell = field(init=False)
     web: float = 0.0  # CPU seconds of the web processes during the POST slices
+    web_slices: list[float] = field(default_factory=list)  # µs per 2xx delivery, by slice
     postgres: float = 0.0  # CPU seconds of PostgreSQL during the POST slices
     profile: Profile | None = None
 
@@ -179,7 +180,9 @@ def measure(runs: list[Run], meter: CpuMeter, options: Options) -> None:
             )
             after = meter.read()
             run_index += 1
-            run.web += web_seconds(run.bridge, before, after)
+            seconds = web_seconds(run.bridge, before, after)
+            run.web += seconds
+            run.web_slices.append(1e6 * seconds / post.ok if post.ok else 0.0)
             if run.store == "PostgreSQL":
                 run.postgres += CpuMeter.used(before, after)[0]["postgres"]
             run.cell.hello.append(hello)
@@ -410,6 +413,7 @@ def report(
                 fmt(c.median("post", "p99_ms")),
                 "/".join(fmt(p.p99_ms) for p in c.post),
                 fmt(r.per_delivery(r.web), 0),
+                "/".join(f"{us:.0f}" for us in r.web_slices),
                 fmt(r.per_delivery(r.postgres), 0) if r.store == "PostgreSQL" else "",
                 str(c.failures),
                 f"{c.ok}/{c.stored}",
@@ -428,6 +432,7 @@ def report(
                 "POST p99 ms",
                 "p99 by slice",
                 "web CPU µs/2xx",
+                "by slice",
                 "PostgreSQL CPU µs/2xx",
                 "non-2xx",
                 "2xx/stored",
@@ -485,14 +490,18 @@ def report(
         f"virtualenv and uWSGI; before is exported with `git archive` (`BENCH_BEFORE=<ref> "
         f"python -m bench profile` measures against another commit).",
         f"Each figure is {slices} {options.duration:g} s, after a {options.warmup:g} s warm-up "
-        "of each instance; within a slice hello then POST on the same instance, and the four "
-        "instances take turns. wrk, 2 threads, keep-alive, direct to uWSGI's HTTP socket.",
+        "of each instance; within a slice hello then POST on the same instance, and the "
+        f"{len(runs)} instances take turns. wrk, 2 threads, keep-alive, direct to uWSGI's "
+        "HTTP socket.",
         "Every POST is a new issue with its own Idempotency-Key. Trello is not configured, so "
         "the worker mules idle. store check: every delivery id answered 2xx is in the store; "
         "stored may exceed 2xx by the requests wrk cut at the end of each slice.",
         "web CPU µs/2xx: utime + stime of the instance's uWSGI web processes (/proc/PID/stat, "
         "all their threads) summed over the POST slices, over the deliveries answered 2xx; "
-        "PostgreSQL: the server's processes and the backends of the run's databases, as in pg.",
+        "PostgreSQL: the server's processes and the backends of the run's databases, as in pg. "
+        "by slice: the same per POST slice, in the order measured. A process answering fewer "
+        "deliveries per second spends more CPU on each (less is shared by a group commit or "
+        "a wake-up), so compare CPU per delivery at like throughput.",
         f"Profile: after the timed slices, under a POST load of its own ({CONNECTIONS} "
         f"connections), `py-spy record --nonblocking --format raw --rate {RATE} --function` "
         f"on each web process for {seconds:g} s, its threads' stacks of both processes "
