@@ -474,7 +474,9 @@ def report(
         after = by_key[("after", store)]
         section.targets += [
             Target(f"web CPU per delivery, after / before ({store})", ratios[store], "<=", 0.5),
-            Target(f"POST/hello ratio (after, {store}, direct)", after.cell.ratio, ">=", 0.15),
+            Target(
+                f"POST/hello ratio (after, {store}, direct)", after.cell.ratio, ">=", 0.15, digits=3
+            ),
             Target(
                 f"POST p99 (after, {store}, direct)",
                 after.cell.median("post", "p99_ms"),
