@@ -19,8 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from store.base import (
     health_counts,
     issue_from_row,
 )
+from store.group import GroupCommit, Pending
 
 # numbered migrations: version -> statements; a file at version N gets N+1.. applied in order
 MIGRATIONS: dict[int, str] = {
@@ -86,18 +86,6 @@ CREATE INDEX IF NOT EXISTS issues_card ON issues (card_id);
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
 
-@dataclass
-class _Waiter:
-    dedupe_key: str
-    issue_key: str
-    kind: str
-    updated_at: float | None
-    event: str
-    received_at: float
-    result: tuple[int, bool] | None = None
-    error: BaseException | None = None
-
-
 class SqliteStore(Store):
     """The bridge's SQLite file: the embedded default, one instance (one worker) per file."""
 
@@ -131,9 +119,7 @@ class SqliteStore(Store):
         self._lock_pid: int | None = None
         self._thread_lock = threading.Lock()
         # group commit: deliveries waiting for the next writer
-        self._queue: list[_Waiter] = []
-        self._queue_cond = threading.Condition()
-        self._leader = False
+        self._group = GroupCommit(self._commit_batch)
 
     # ------------------------------------------------------------------ connections
 
@@ -256,59 +242,34 @@ class SqliteStore(Store):
         Callers that arrive while another thread is committing join the next batch: one
         transaction and one fsync for all of them.
         """
-        waiter = _Waiter(
+        item = Pending(
             dedupe_key, issue_key, kind, updated_at, event_json, time.time() if now is None else now
         )
-        if not self.group_commit:
+        if self.group_commit:
+            self._group.submit(item)
+        else:
             try:
-                self._commit_batch([waiter])
-            except (sqlite3.Error, OSError) as exc:
-                waiter.error = exc
-            return self._outcome(waiter)
-        with self._queue_cond:
-            self._queue.append(waiter)
-            while waiter.result is None and waiter.error is None and self._leader:
-                self._queue_cond.wait()
-            if waiter.result is not None or waiter.error is not None:
-                return self._outcome(waiter)
-            self._leader = True
-            batch, self._queue = self._queue, []
-        try:
-            self._commit_batch(batch)
-        except BaseException as exc:  # every waiter of the batch sees the failure
-            for item in batch:
+                self._commit_batch(lambda: [item])
+            except (sqlite3.Error, OSError, StoreError) as exc:
                 item.error = exc
-        finally:
-            with self._queue_cond:
-                self._leader = False
-                self._queue_cond.notify_all()
-        return self._outcome(waiter)
+        if item.error is not None:
+            if isinstance(item.error, sqlite3.Error | OSError):
+                raise StoreError(f"cannot store delivery: {item.error}") from item.error
+            raise item.error
+        assert item.result is not None
+        return item.result
 
-    @staticmethod
-    def _outcome(waiter: _Waiter) -> tuple[int, bool]:
-        if waiter.error is not None:
-            if isinstance(waiter.error, sqlite3.Error | OSError):
-                raise StoreError(f"cannot store delivery: {waiter.error}") from waiter.error
-            raise waiter.error
-        assert waiter.result is not None
-        return waiter.result
-
-    def _commit_batch(self, batch: Sequence[_Waiter]) -> None:
-        results: list[tuple[int, bool]] = []
+    def _commit_batch(self, take: Callable[[], list[Pending]]) -> None:
+        """One transaction for the deliveries queued by the time the write lock is held."""
         with self._write() as conn:
+            batch = take()
+            results: list[tuple[int, bool]] = []
             for item in batch:
                 cursor = conn.execute(
                     "INSERT OR IGNORE INTO deliveries"
                     " (dedupe_key, issue_key, kind, updated_at, event, received_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        item.dedupe_key,
-                        item.issue_key,
-                        item.kind,
-                        item.updated_at,
-                        item.event,
-                        item.received_at,
-                    ),
+                    item.row(),
                 )
                 if cursor.rowcount == 1:
                     results.append((int(cursor.lastrowid or 0), True))

@@ -526,25 +526,77 @@ def test_sqlite_concurrent_adds_of_same_key_create_one(tmp_path, group_commit):
     assert len({delivery_id for delivery_id, _ in results}) == 1
 
 
-def test_concurrent_unique_adds_are_group_committed(tmp_path):
+def test_concurrent_unique_adds_are_group_committed(store):
     """Fifty threads with distinct keys get 50 rows and 50 ids, several sharing one commit."""
-    db = SqliteStore(tmp_path / "bridge.sqlite3", synchronous="NORMAL")
-    db.setup()
     batches: list[int] = []
-    original = db._commit_batch
+    original = store._group._commit
 
-    def slow_commit(batch):
-        batches.append(len(batch))
+    def slow_commit(take):
+        def counted():
+            batch = take()
+            batches.append(len(batch))
+            return batch
+
         time.sleep(0.01)  # let other threads queue behind the writer
-        original(batch)
+        original(counted)
 
-    db._commit_batch = slow_commit
-    results = run_threads(50, lambda i: db.add_delivery(f"key:{i}", ISSUE_A, EVENT))
+    store._group._commit = slow_commit
+    results = run_threads(50, lambda i: store.add_delivery(f"key:{i}", ISSUE_A, EVENT))
     assert all(created for _, created in results)
     assert len({delivery_id for delivery_id, _ in results}) == 50
     assert sum(batches) == 50
     assert max(batches) > 1
     assert len(batches) < 50
+    assert store.unfinished([delivery_id for delivery_id, _ in results]) == 50
+
+
+def test_a_batch_holding_one_key_twice_and_a_stored_one_creates_one_row_each(store):
+    """In one batch: a new key twice and a key stored earlier: one new row, the rest repeats."""
+    earlier = add(store, "key:earlier")
+    release = threading.Event()
+    original = store._group._commit
+
+    def held_commit(take):
+        release.wait(5)  # until every thread has queued
+        original(take)
+
+    store._group._commit = held_commit
+    keys = ["key:new", "key:new", "key:earlier", "key:new"]
+
+    def add_one(i: int) -> tuple[int, bool]:
+        if i == 0:
+            threading.Timer(0.3, release.set).start()
+        return store.add_delivery(keys[i], ISSUE_A, EVENT)
+
+    results = run_threads(len(keys), add_one)
+    new_ids = {
+        delivery_id for (delivery_id, _), key in zip(results, keys, strict=True) if key == "key:new"
+    }
+    assert len(new_ids) == 1
+    assert (
+        sum(created for (_, created), key in zip(results, keys, strict=True) if key == "key:new")
+        == 1
+    )
+    assert results[2] == (earlier, False)
+    assert store.unfinished([earlier, *new_ids]) == 2
+
+
+def test_a_failed_group_commit_fails_every_caller_of_its_batch(store):
+    """When the batch's statement fails, each of its callers gets StoreError, none an id."""
+    original = store._group._commit
+
+    def failing(take):
+        take()
+        raise OSError("disk gone")
+
+    store._group._commit = failing
+    errors = run_threads(
+        4,
+        lambda i: pytest.raises(StoreError, store.add_delivery, f"key:{i}", ISSUE_A, EVENT),
+    )
+    assert len(errors) == 4
+    store._group._commit = original
+    assert store.add_delivery("key:after", ISSUE_A, EVENT)[1]
 
 
 def test_failed_batch_raises_store_error_for_its_waiters(tmp_path):
