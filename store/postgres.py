@@ -27,6 +27,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -48,10 +49,33 @@ from store.base import (
     health_counts,
     issue_from_row,
 )
+from store.group import GroupCommit, Pending
 
 log = logging.getLogger("gitlab2trello.store")
 
 CHANNEL = "gitlab2trello_queue"
+# a batch of deliveries in one statement: the new rows, then the ids of those already stored
+# (a row another transaction commits while this one runs is not seen: its key comes back
+# missing, and goes again)
+INSERT_BATCH = """
+WITH batch AS (
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[],
+                         %s::float8[])
+        AS b(dedupe_key, issue_key, kind, updated_at, event, received_at)
+), added AS (
+    INSERT INTO deliveries (dedupe_key, issue_key, kind, updated_at, event, received_at)
+    SELECT * FROM batch
+    ON CONFLICT (dedupe_key) DO NOTHING
+    RETURNING id, dedupe_key
+)
+SELECT id, dedupe_key, true FROM added
+UNION ALL
+SELECT d.id, d.dedupe_key, false FROM deliveries d
+WHERE d.dedupe_key IN (SELECT dedupe_key FROM batch)
+  AND d.dedupe_key NOT IN (SELECT dedupe_key FROM added)
+"""
+# a pooled connection idle for longer than this is checked before use (seconds)
+CHECK_IDLE = 1.0
 # serialises schema upgrades of instances that start together
 MIGRATION_LOCK = 0x67327472_00000001
 
@@ -196,6 +220,53 @@ class SharedWindow:
         return int(row[0]) if row else 0
 
 
+class _Notifier:
+    """``NOTIFY`` the workers that deliveries were stored, from a thread of this process.
+
+    A transaction that notifies holds a lock of the whole server from its commit until the
+    commit is on disk, so one NOTIFY per delivery would make every instance's deliveries take
+    turns. Instead the request only flags that there is news; one thread per process sends a
+    NOTIFY for all the deliveries flagged since its last one, on a connection of its own with
+    ``synchronous_commit = off`` (a notification lost in a crash costs nothing: the workers poll
+    every few seconds too).
+    """
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self._news = threading.Event()
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    def wanted(self) -> None:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._news = threading.Event()
+                    threading.Thread(target=self._run, name="pg-notify", daemon=True).start()
+                    self._pid = os.getpid()
+        self._news.set()
+
+    def _run(self) -> None:
+        news = self._news
+        conn: psycopg.Connection | None = None
+        while True:
+            news.wait()
+            news.clear()
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self.store.url, **self.store._kwargs())
+                    conn.execute("SET synchronous_commit = off")
+                with WATCHDOG.guard(conn, self.store._deadline):
+                    conn.execute(f"NOTIFY {CHANNEL}")
+            except _ERRORS as exc:
+                log.warning("cannot wake the workers (they poll): %s", _reason(exc))
+                with contextlib.suppress(Exception):
+                    if conn is not None:
+                        conn.close()
+                conn = None
+                time.sleep(1)
+
+
 class PostgresStore(Store):
     """The bridge's tables in one PostgreSQL database, shared by every instance."""
 
@@ -239,6 +310,12 @@ class PostgresStore(Store):
         self._generation = 0
         self._session_lock = threading.Lock()
         self._held: set[str] = set()  # issues the claim session holds (its locks re-enter)
+        self._group = GroupCommit(self._insert_batch)
+        self._notifier = _Notifier(self)
+        # when each pooled connection was last given back (see _check)
+        self._returned_at: weakref.WeakKeyDictionary[psycopg.Connection, float] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # ------------------------------------------------------------------ connections
 
@@ -272,6 +349,7 @@ class PostgresStore(Store):
                     kwargs=self._kwargs(),
                     timeout=max(1.0, self.connect_timeout + 1),
                     check=self._check,
+                    reset=self._returned,
                     reconnect_timeout=0,
                     name=f"gitlab2trello-{pid}",
                     open=False,
@@ -281,10 +359,17 @@ class PostgresStore(Store):
         return self._pool
 
     def _check(self, conn: psycopg.Connection) -> None:
-        """Before a pooled connection is handed out: one empty round trip (a connection of a
-        restarted server fails here and is replaced, instead of failing a request)."""
+        """Before a pooled connection that sat idle is handed out: one empty round trip (a
+        connection of a restarted server fails here and is replaced, instead of failing a
+        request). One given back less than ``CHECK_IDLE`` ago was working then: under load no
+        request pays for the check."""
+        if time.monotonic() - self._returned_at.get(conn, 0.0) < CHECK_IDLE:
+            return
         with WATCHDOG.guard(conn, self._deadline):
             conn.execute("")
+
+    def _returned(self, conn: psycopg.Connection) -> None:
+        self._returned_at[conn] = time.monotonic()
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
@@ -410,29 +495,55 @@ class PostgresStore(Store):
         updated_at: float | None = None,
         now: float | None = None,
     ) -> tuple[int, bool]:
+        """Store one delivery, committed before this returns; return (id, created).
+
+        Concurrent callers of this process share one statement and one commit (group commit).
+        """
         received = time.time() if now is None else now
-        with self._connection() as conn:
-            row = conn.execute(
-                "INSERT INTO deliveries"
-                " (dedupe_key, issue_key, kind, updated_at, event, received_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (dedupe_key) DO NOTHING"
-                " RETURNING id",
-                (dedupe_key, issue_key, kind, updated_at, event_json, received),
-            ).fetchone()
-            if row is not None:
-                # NOTIFY in a transaction of its own: a transaction that notifies holds a
-                # server-wide lock through its commit, and with the insert that would be
-                # through its WAL flush, one delivery at a time for every instance
-                conn.execute(f"NOTIFY {CHANNEL}")
-                return int(row[0]), True
-            row = conn.execute(
-                "SELECT id FROM deliveries WHERE dedupe_key = %s", (dedupe_key,)
-            ).fetchone()
-        if row is None:  # the first copy was rolled back in between: store this one
-            return self.add_delivery(
-                dedupe_key, issue_key, event_json, kind=kind, updated_at=updated_at, now=now
-            )
-        return int(row[0]), False
+        item = self._group.submit(
+            Pending(dedupe_key, issue_key, kind, updated_at, event_json, received)
+        )
+        if isinstance(item.error, Exception):
+            raise StoreError(f"PostgreSQL {self.label}: {_reason(item.error)}") from item.error
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        if item.result[1]:
+            self._notifier.wanted()
+        return item.result
+
+    def _insert_batch(self, take: Callable[[], list[Pending]]) -> None:
+        batch = take()
+        found = self._insert_rows([item.row() for item in batch])
+        missing = [item.row() for item in batch if item.dedupe_key not in found]
+        if missing:  # a copy committed by another instance since the statement began
+            found.update(self._insert_rows(missing, retry=False))
+        seen: set[str] = set()
+        for item in batch:
+            if item.dedupe_key in found:
+                row_id, created = found[item.dedupe_key]
+                # the same key twice in one batch: the first is the new one
+                item.result = (row_id, created and item.dedupe_key not in seen)
+                seen.add(item.dedupe_key)
+
+    def _insert_rows(
+        self, rows: list[tuple[Any, ...]], *, retry: bool = True
+    ) -> dict[str, tuple[int, bool]]:
+        """Insert ``rows`` in one statement: {dedupe_key: (id, inserted now)} of those it saw."""
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        while True:
+            began, used = time.monotonic(), None
+            try:
+                with self._get_pool().connection() as conn, WATCHDOG.guard(conn, self._deadline):
+                    used = conn
+                    answer = conn.execute(INSERT_BATCH, columns).fetchall()
+                return {key: (int(row_id), bool(created)) for row_id, key, created in answer}
+            except psycopg.OperationalError:
+                # a connection used a moment ago is handed out unchecked: one that a restarted
+                # server dropped fails at once, and the rows go again on a fresh one
+                if not retry or used is None or not used.broken or time.monotonic() - began > 1:
+                    raise
+                retry = False
 
     def has_card(self, issue_key: str) -> bool:
         rows = self._read("SELECT card_id FROM issues WHERE issue_key = %s", (issue_key,))
