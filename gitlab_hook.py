@@ -22,7 +22,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import logging
 import re
 from collections.abc import Mapping
@@ -30,6 +29,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
+
+import orjson
 
 from events import IssueEvent, Label, MergeRequestEvent, Note
 
@@ -201,20 +202,23 @@ def dedupe_key(headers: Mapping[str, str], body: bytes) -> str:
 def decode_body(body: bytes) -> dict[str, Any]:
     """Strict UTF-8 JSON object, or ``BadDelivery``."""
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadDelivery(f"body is not valid UTF-8 (byte {exc.start})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadDelivery(f"body is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-    except RecursionError:
-        raise BadDelivery("body is not valid JSON: nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer longer than Python converts
-        raise BadDelivery(f"body is not valid JSON: {exc}") from None
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadDelivery(_json_problem(body, exc)) from None
     if not isinstance(data, dict):
         raise BadDelivery(f"body must be a JSON object, not {_json_type(data)}")
     return data
+
+
+def _json_problem(body: bytes, exc: orjson.JSONDecodeError) -> str:
+    """What is wrong with a body that does not decode (the error path only)."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"body is not valid UTF-8 (byte {bad.start})"
+    if "depth" in exc.msg or "ecursion" in exc.msg:
+        return "body is not valid JSON: nested too deeply"
+    return f"body is not valid JSON: {exc.msg} at line {exc.lineno}"
 
 
 def parse_delivery(
