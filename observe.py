@@ -17,8 +17,8 @@ import logging
 import os
 import re
 import shutil
+import time
 import urllib.parse
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,10 +48,32 @@ class _Context(logging.Filter):
         return True
 
 
+class _Formatter(logging.Formatter):
+    """``FORMAT``, with the timestamp's text made once a second rather than once a line (a
+    webhook request writes one line, and ``Formatter`` cost a sixth of the request)."""
+
+    def __init__(self) -> None:
+        super().__init__(FORMAT)
+        self._second = -1
+        self._stamp = ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+            self._second = second
+        return (
+            f"{self._stamp},{int(record.msecs):03d} {record.levelname} {record.name}"
+            f" [{record.__dict__.get('request_id', '-')}] {record.getMessage()}"
+        )
+
+
 def setup_logging(level: str = "info", secrets: Iterable[str] = ()) -> None:
     """Configure the root logger once per process."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(_Formatter())
     handler.addFilter(_Context(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -61,7 +83,7 @@ def setup_logging(level: str = "info", secrets: Iterable[str] = ()) -> None:
 
 def new_request_id(given: str | None = None) -> str:
     """Use a sane ``X-Request-Id`` from nginx or the client, else make one; set it for logs."""
-    rid = given if given and _SAFE_ID.match(given) else "r-" + uuid.uuid4().hex[:12]
+    rid = given if given and _SAFE_ID.match(given) else "r-" + os.urandom(6).hex()
     request_id.set(rid)
     return rid
 
@@ -158,7 +180,13 @@ def setup_metrics(metrics_dir: Path, instance: str = "") -> None:
 
 def count_delivery(outcome: str) -> None:
     if METRICS.ready:
-        METRICS.received.labels(outcome).inc()
+        child = _received.get(outcome)
+        if child is None:  # labels() takes a lock and builds a key: once per outcome
+            child = _received[outcome] = METRICS.received.labels(outcome)
+        child.inc()
+
+
+_received: dict[str, Any] = {}
 
 
 def count_trello_call(method: str, path: str, status: int | None, elapsed_ms: float) -> None:

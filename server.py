@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import orjson
 from bottle import Bottle, HTTPResponse, request, response
 
 import config as config_module
@@ -30,29 +31,42 @@ class Headers(Mapping[str, str]):
     """Request headers from the WSGI environ, case-insensitive, never failing to decode.
 
     Bottle's own header dict raises on bytes that are not UTF-8; a hostile header must give a
-    clear 4xx, not a 500.
+    clear 4xx, not a 500. A header is looked up (and decoded) only when a route asks for it:
+    nothing is copied per request.
     """
 
+    __slots__ = ("_environ",)
+
     def __init__(self, environ: Mapping[str, Any]) -> None:
-        self._values: dict[str, str] = {}
-        for key, value in environ.items():
-            if key.startswith("HTTP_"):
-                name = key[5:]
-            elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                name = key
-            else:
-                continue
-            text = value.encode("latin-1", "replace").decode("utf-8", "replace")
-            self._values[name.replace("_", "-").lower()] = text
+        self._environ = environ
+
+    @staticmethod
+    def _key(name: str) -> str:
+        key = name.upper().replace("-", "_")
+        return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
 
     def __getitem__(self, name: str) -> str:
-        return self._values[name.lower()]
+        value = self._environ[self._key(name)]
+        return value.encode("latin-1", "replace").decode("utf-8", "replace")
+
+    def get(self, name: str, default: Any = None) -> Any:  # Mapping's, without the exception
+        value = self._environ.get(self._key(name))
+        if value is None:
+            return default
+        return value.encode("latin-1", "replace").decode("utf-8", "replace")
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._key(name) in self._environ
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
+        for key in self._environ:
+            if key.startswith("HTTP_"):
+                yield key[5:].replace("_", "-").lower()
+            elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                yield key.replace("_", "-").lower()
 
     def __len__(self) -> int:
-        return len(self._values)
+        return sum(1 for _ in self)
 
 
 def _text(status: int, message: str, **headers: str) -> HTTPResponse:
@@ -74,12 +88,23 @@ OUTCOMES = {
 }
 
 
+class _Answer(HTTPResponse):
+    """A JSON answer that remembers its ``status`` field (the metrics' outcome of a 200)."""
+
+    outcome = "other"
+
+    @staticmethod
+    def outcome_of(answer: HTTPResponse) -> str:
+        return answer.outcome if isinstance(answer, _Answer) else _Answer.outcome
+
+
 def _json(status: int, payload: dict[str, Any]) -> HTTPResponse:
-    return HTTPResponse(
-        json.dumps(payload),
-        status=status,
-        headers={"Content-Type": "application/json"},
-    )
+    answer = _Answer(orjson.dumps(payload), status=status, headers=_JSON_HEADERS)
+    answer.outcome = str(payload.get("status", "other"))
+    return answer
+
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def make_app(
@@ -115,8 +140,7 @@ def make_app(
     @app.post("/issue")
     def issue() -> HTTPResponse:
         answer = receive()
-        outcome = OUTCOMES.get(answer.status_code) or json.loads(answer.body)["status"]
-        observe.count_delivery(outcome)
+        observe.count_delivery(OUTCOMES.get(answer.status_code) or _Answer.outcome_of(answer))
         answer.set_header("X-Request-Id", observe.request_id.get())
         return answer
 
