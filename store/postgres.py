@@ -54,26 +54,16 @@ from store.group import GroupCommit, Pending
 log = logging.getLogger("gitlab2trello.store")
 
 CHANNEL = "gitlab2trello_queue"
-# a batch of deliveries in one statement: the new rows, then the ids of those already stored
-# (a row another transaction commits while this one runs is not seen: its key comes back
-# missing, and goes again)
-INSERT_BATCH = """
-WITH batch AS (
-    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[],
-                         %s::float8[])
-        AS b(dedupe_key, issue_key, kind, updated_at, event, received_at)
-), added AS (
-    INSERT INTO deliveries (dedupe_key, issue_key, kind, updated_at, event, received_at)
-    SELECT * FROM batch
-    ON CONFLICT (dedupe_key) DO NOTHING
-    RETURNING id, dedupe_key
+# one delivery, or a batch of them in one statement; both give the ids of the new rows only
+INSERT_ONE = (
+    "INSERT INTO deliveries (dedupe_key, issue_key, kind, updated_at, event, received_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key"
 )
-SELECT id, dedupe_key, true FROM added
-UNION ALL
-SELECT d.id, d.dedupe_key, false FROM deliveries d
-WHERE d.dedupe_key IN (SELECT dedupe_key FROM batch)
-  AND d.dedupe_key NOT IN (SELECT dedupe_key FROM added)
-"""
+INSERT_MANY = (
+    "INSERT INTO deliveries (dedupe_key, issue_key, kind, updated_at, event, received_at)"
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[],"
+    " %s::float8[]) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key"
+)
 # a pooled connection idle for longer than this is checked before use (seconds)
 CHECK_IDLE = 1.0
 # serialises schema upgrades of instances that start together
@@ -514,10 +504,13 @@ class PostgresStore(Store):
 
     def _insert_batch(self, take: Callable[[], list[Pending]]) -> None:
         batch = take()
-        found = self._insert_rows([item.row() for item in batch])
-        missing = [item.row() for item in batch if item.dedupe_key not in found]
-        if missing:  # a copy committed by another instance since the statement began
-            found.update(self._insert_rows(missing, retry=False))
+        rows = [item.row() for item in batch]
+        found: dict[str, tuple[int, bool]] = {}
+        for _ in range(3):
+            found.update(self._insert_rows(rows, retry=not found))
+            rows = [row for row in rows if row[0] not in found]
+            if not rows:
+                break
         seen: set[str] = set()
         for item in batch:
             if item.dedupe_key in found:
@@ -529,15 +522,30 @@ class PostgresStore(Store):
     def _insert_rows(
         self, rows: list[tuple[Any, ...]], *, retry: bool = True
     ) -> dict[str, tuple[int, bool]]:
-        """Insert ``rows`` in one statement: {dedupe_key: (id, inserted now)} of those it saw."""
-        columns = [list(column) for column in zip(*rows, strict=True)]
+        """Insert ``rows`` in one statement; {dedupe_key: (id, inserted now)}, repeats included.
+
+        The common case, new deliveries, is one round trip; the ids of repeats take a second
+        (a key stored by a transaction that then rolled back is in neither: the caller tries
+        again).
+        """
+        if len(rows) == 1:
+            sql, args = INSERT_ONE, list(rows[0])
+        else:
+            sql, args = INSERT_MANY, [list(column) for column in zip(*rows, strict=True)]
         while True:
             began, used = time.monotonic(), None
             try:
                 with self._get_pool().connection() as conn, WATCHDOG.guard(conn, self._deadline):
                     used = conn
-                    answer = conn.execute(INSERT_BATCH, columns).fetchall()
-                return {key: (int(row_id), bool(created)) for row_id, key, created in answer}
+                    found = {key: (int(row_id), True) for row_id, key in conn.execute(sql, args)}
+                    repeats = list({row[0] for row in rows if row[0] not in found})
+                    if repeats:
+                        for row_id, key in conn.execute(
+                            "SELECT id, dedupe_key FROM deliveries WHERE dedupe_key = ANY(%s)",
+                            (repeats,),
+                        ):
+                            found[key] = (int(row_id), False)
+                return found
             except psycopg.OperationalError:
                 # a connection used a moment ago is handed out unchecked: one that a restarted
                 # server dropped fails at once, and the rows go again on a fresh one
