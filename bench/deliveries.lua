@@ -49,7 +49,7 @@ function response(status, headers, answer)
   if status >= 200 and status < 300 then
     ok = ok + 1
     if collect then
-      local id = answer:match('"delivery": (%d+)')
+      local id = answer:match('"delivery": ?(%d+)')
       if id then
         acked[#acked + 1] = id
       end
