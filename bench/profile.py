@@ -76,6 +76,8 @@ class Run:
     workdir: Path
     cell: Cell = field(init=False)
     web: float = 0.0  # CPU seconds of the web processes during the POST slices
+    hello_web: float = 0.0  # the same during the hello slices
+    hello_ok: int = 0  # hello requests answered 2xx
     web_slices: list[float] = field(default_factory=list)  # µs per 2xx delivery, by slice
     postgres: float = 0.0  # CPU seconds of PostgreSQL during the POST slices
     profile: Profile | None = None
@@ -159,6 +161,7 @@ def measure(runs: list[Run], meter: CpuMeter, options: Options) -> None:
         order = runs if index % 2 == 0 else list(reversed(runs))
         for run in order:
             nonce = f"{run.key}-{index}"
+            hello_before = meter.read()
             hello = run_wrk(
                 run.bridge.url + "/hello/x",
                 workdir=run.workdir,
@@ -168,6 +171,8 @@ def measure(runs: list[Run], meter: CpuMeter, options: Options) -> None:
                 nonce=f"hello-{nonce}",
             )
             before = meter.read()
+            run.hello_web += web_seconds(run.bridge, hello_before, before)
+            run.hello_ok += hello.ok
             post = run_wrk(
                 run.bridge.url + "/issue",
                 workdir=run.workdir,
@@ -414,6 +419,7 @@ def report(
                 "/".join(fmt(p.p99_ms) for p in c.post),
                 fmt(r.per_delivery(r.web), 0),
                 "/".join(f"{us:.0f}" for us in r.web_slices),
+                fmt(1e6 * r.hello_web / r.hello_ok if r.hello_ok else None, 0),
                 fmt(r.per_delivery(r.postgres), 0) if r.store == "PostgreSQL" else "",
                 str(c.failures),
                 f"{c.ok}/{c.stored}",
@@ -433,6 +439,7 @@ def report(
                 "p99 by slice",
                 "web CPU µs/2xx",
                 "by slice",
+                "hello CPU µs/req",
                 "PostgreSQL CPU µs/2xx",
                 "non-2xx",
                 "2xx/stored",
@@ -503,7 +510,9 @@ def report(
         "PostgreSQL: the server's processes and the backends of the run's databases, as in pg. "
         "by slice: the same per POST slice, in the order measured. A process answering fewer "
         "deliveries per second spends more CPU on each (less is shared by a group commit or "
-        "a wake-up), so compare CPU per delivery at like throughput.",
+        "a wake-up), so compare CPU per delivery at like throughput. hello CPU µs/req: the "
+        "web processes' CPU per `GET /hello/x` of the hello slices, what uWSGI and Bottle cost "
+        "a request that does nothing.",
         f"Profile: after the timed slices, under a POST load of its own ({CONNECTIONS} "
         f"connections), `py-spy record --nonblocking --format raw --rate {RATE} --function` "
         f"on each web process for {seconds:g} s, its threads' stacks of both processes "

@@ -272,6 +272,7 @@ class PostgresStore(Store):
             connect_timeout=cfg.store["connect_timeout"],
             statement_timeout_ms=cfg.store["statement_timeout_ms"],
             application_name=f"gitlab2trello {cfg.instance}"[:63],
+            group_commit=cfg.store["group_commit"],
         )
 
     def __init__(
@@ -282,8 +283,10 @@ class PostgresStore(Store):
         connect_timeout: float = 3.0,
         statement_timeout_ms: int = 5000,
         application_name: str = "gitlab2trello",
+        group_commit: bool = True,
     ) -> None:
         self.url = url
+        self.group_commit = group_commit
         self.label = redact_url(url)
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
@@ -490,9 +493,14 @@ class PostgresStore(Store):
         Concurrent callers of this process share one statement and one commit (group commit).
         """
         received = time.time() if now is None else now
-        item = self._group.submit(
-            Pending(dedupe_key, issue_key, kind, updated_at, event_json, received)
-        )
+        item = Pending(dedupe_key, issue_key, kind, updated_at, event_json, received)
+        if self.group_commit:
+            self._group.submit(item)
+        else:
+            try:
+                self._insert_batch(lambda: [item])
+            except Exception as exc:
+                item.error = exc
         if isinstance(item.error, Exception):
             raise StoreError(f"PostgreSQL {self.label}: {_reason(item.error)}") from item.error
         if item.error is not None:

@@ -155,14 +155,6 @@ def test_add_delivery_dedupes_by_key(store):
     ]
 
 
-def test_concurrent_adds_of_same_key_create_one(store):
-    """Eight threads adding the same key at once create exactly one row and share its id."""
-    results = run_threads(8, lambda i: store.add_delivery("key:same", ISSUE_A, EVENT))
-    assert sum(created for _, created in results) == 1
-    assert len({delivery_id for delivery_id, _ in results}) == 1
-    assert rows(store, "SELECT COUNT(*) FROM deliveries") == [(1,)]
-
-
 def test_claim_hands_out_state_and_decoded_deliveries(store):
     """A claim carries the issue's state and its pending deliveries, oldest first, decoded."""
     first = add(store, "k1", ISSUE_A, updated_at=10.0, now=1.0)
@@ -517,13 +509,14 @@ def test_reads_of_a_file_without_schema_raise_store_error(tmp_path):
 
 
 @pytest.mark.parametrize("group_commit", [True, False])
-def test_sqlite_concurrent_adds_of_same_key_create_one(tmp_path, group_commit):
-    """With or without group commit, eight threads adding one key at once create one row."""
-    db = SqliteStore(tmp_path / "bridge.sqlite3", synchronous="NORMAL", group_commit=group_commit)
-    db.setup()
-    results = run_threads(8, lambda i: db.add_delivery("key:same", ISSUE_A, EVENT))
+def test_concurrent_adds_of_same_key_create_one(store, group_commit):
+    """With or without group commit, eight threads adding one key at once create exactly one
+    row and share its id."""
+    store.group_commit = group_commit
+    results = run_threads(8, lambda i: store.add_delivery("key:same", ISSUE_A, EVENT))
     assert sum(created for _, created in results) == 1
     assert len({delivery_id for delivery_id, _ in results}) == 1
+    assert rows(store, "SELECT COUNT(*) FROM deliveries") == [(1,)]
 
 
 def test_concurrent_unique_adds_are_group_committed(store):
