@@ -1,7 +1,7 @@
 """``python -m bench [--quick] [NAME ...]``: run benchmarks, print them, write bench/results.md.
 
 Names: ack, pg, profile, seed, pace, calls, memory, twoway (all of them when none is given) and
-soak, which only runs when named: ``python -m bench soak --minutes 10``. pg and profile need
+soak, which only runs when named: ``python -m bench soak --minutes 30``. pg and profile need
 PostgreSQL (``make postgres``); profile compares this checkout with the commit ``BENCH_BEFORE``
 names (default 79ecf59) and samples the web processes with py-spy.
 """

@@ -1,4 +1,4 @@
-"""soak: does memory stay flat under steady traffic? ``python -m bench soak --minutes 10``.
+"""soak: does memory stay flat under steady traffic? ``python -m bench soak --minutes 30``.
 
 50 deliveries a second for N minutes (one new issue in ten, the rest edits of earlier issues,
 each newer than the last) while the worker delivers them to the emulator (20 ms per call, limits

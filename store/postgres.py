@@ -225,36 +225,54 @@ class _Notifier:
         self.store = store
         self._news = threading.Event()
         self._pid: int | None = None
+        self._stop = threading.Event()
         self._lock = threading.Lock()
 
     def wanted(self) -> None:
         if self._pid != os.getpid():
             with self._lock:
                 if self._pid != os.getpid():
-                    self._news = threading.Event()
-                    threading.Thread(target=self._run, name="pg-notify", daemon=True).start()
+                    self._news, self._stop = threading.Event(), threading.Event()
+                    args = (self._news, self._stop)
+                    thread = threading.Thread(target=self._run, args=args, name="pg-notify")
+                    thread.daemon = True
+                    thread.start()
                     self._pid = os.getpid()
         self._news.set()
 
-    def _run(self) -> None:
-        news = self._news
+    def close(self) -> None:
+        """End this process's thread and its connection (a later ``wanted`` starts anew)."""
+        with self._lock:
+            if self._pid == os.getpid():
+                self._stop.set()
+                self._news.set()
+                self._pid = None
+
+    def _run(self, news: threading.Event, stop: threading.Event) -> None:
         conn: psycopg.Connection | None = None
-        while True:
-            news.wait()
-            news.clear()
-            try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(self.store.url, **self.store._kwargs())
-                    conn.execute("SET synchronous_commit = off")
-                with WATCHDOG.guard(conn, self.store._deadline):
-                    conn.execute(f"NOTIFY {CHANNEL}")
-            except _ERRORS as exc:
-                log.warning("cannot wake the workers (they poll): %s", _reason(exc))
+        try:
+            while True:
+                news.wait()
+                news.clear()
+                if stop.is_set():
+                    return
+                try:
+                    if conn is None or conn.closed:
+                        conn = psycopg.connect(self.store.url, **self.store._kwargs())
+                        conn.execute("SET synchronous_commit = off")
+                    with WATCHDOG.guard(conn, self.store._deadline):
+                        conn.execute(f"NOTIFY {CHANNEL}")
+                except _ERRORS as exc:
+                    log.warning("cannot wake the workers (they poll): %s", _reason(exc))
+                    with contextlib.suppress(Exception):
+                        if conn is not None:
+                            conn.close()
+                    conn = None
+                    time.sleep(1)
+        finally:
+            if conn is not None:
                 with contextlib.suppress(Exception):
-                    if conn is not None:
-                        conn.close()
-                conn = None
-                time.sleep(1)
+                    conn.close()
 
 
 class PostgresStore(Store):
@@ -467,6 +485,7 @@ class PostgresStore(Store):
             return self._version(conn) if exists and exists[0] else 0
 
     def close(self) -> None:
+        self._notifier.close()
         if self._pool is not None and self._pool_pid == os.getpid():
             self._pool.close()
         self._pool = None

@@ -698,6 +698,39 @@ def test_pg_notifications_wake_a_listener_on_new_work(pg):
         stop()
 
 
+def test_pg_a_burst_wakes_the_listener_with_few_notifications(pg):
+    """Fifty deliveries at once: the listener wakes, with fewer notifications than deliveries
+    (one per batch of news), and closing the store ends the notifying connection."""
+    one, two = pg
+    wakes: list[float] = []
+    started_listening = threading.Event()
+
+    def wake() -> None:
+        wakes.append(time.monotonic())
+        started_listening.set()
+
+    stop = two.listen(wake)
+    assert stop is not None
+    try:
+        assert started_listening.wait(5)
+        time.sleep(0.2)
+        before = len(wakes)
+        others = {t for t in threading.enumerate() if t.name == "pg-notify"}
+        run_threads(50, lambda i: one.add_delivery(f"key:{i}", ISSUE_A, EVENT))
+        deadline = time.monotonic() + 2
+        while len(wakes) == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert 1 <= len(wakes) - before < 50
+    finally:
+        stop()
+    mine = [t for t in threading.enumerate() if t.name == "pg-notify" and t not in others]
+    assert len(mine) == 1
+    one.close()
+    mine[0].join(3)
+    assert not mine[0].is_alive()
+
+
 def test_pg_shared_window_counts_every_instance(pg):
     """The call window is one for both instances: the limit holds for their calls together."""
     one, two = pg
