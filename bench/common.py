@@ -351,24 +351,7 @@ class Bridge(Service):
             self.socket_args = [*self.socket_args, "--uwsgi-socket", f"{HOST}:{self.uwsgi_port}"]
 
     def start(self, wait: bool = True) -> Bridge:
-        if self.root == ROOT:
-            super().start(wait)
-            return self
-        # Service.start, with the other project folder in place of this checkout
-        self.write_config()
-        env = {**os.environ, "GITLAB2TRELLO_CONFIG": str(self.config_path)}
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [str(UWSGI), "--ini", str(self.root / "deploy" / "uwsgi-base.ini"), *self.socket_args],
-            cwd=self.root,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        if wait:
-            self.wait_ready()
+        super().start(wait)
         return self
 
     def pids(self) -> dict[str, int]:

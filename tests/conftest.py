@@ -104,6 +104,7 @@ class Service:
         self.database = workdir / "db" / "bridge.sqlite3"
         self.config_path = workdir / "config.ini"
         self.log_path = workdir / "service.log"
+        self.root = ROOT  # the project folder whose code and deploy/uwsgi-base.ini run
         self.proc: subprocess.Popen[bytes] | None = None
         self.socket_args: list[str] = ["--http11-socket", f"127.0.0.1:{self.port}"]
 
@@ -127,8 +128,8 @@ class Service:
         env = {**os.environ, "GITLAB2TRELLO_CONFIG": str(self.config_path)}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [str(UWSGI), "--ini", str(ROOT / "deploy" / "uwsgi-base.ini"), *self.socket_args],
-            cwd=ROOT,
+            [str(UWSGI), "--ini", str(self.root / "deploy" / "uwsgi-base.ini"), *self.socket_args],
+            cwd=self.root,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
