@@ -46,6 +46,10 @@ NO_LINK = "urn:gitlab2trello:no-link:"
 _HTTP_URL = re.compile(
     r"^https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?/\S*$", re.ASCII
 )
+# the same, with the scheme and authority (what urlsplit calls scheme://netloc) as group 1
+_HTTP_ORIGIN = re.compile(
+    r"^(https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?)/\S*$", re.ASCII
+)
 
 
 class BadDelivery(ValueError):
@@ -520,6 +524,9 @@ def instance_of(url: str) -> str:
     Taken from the issue URL rather than ``X-Gitlab-Instance`` so that webhook deliveries and
     REST API answers about one issue always share one key.
     """
+    match = _HTTP_ORIGIN.match(url)  # every URL GitLab sends: no urlsplit needed
+    if match is not None:
+        return match.group(1).lower()
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower()
 
