@@ -130,7 +130,9 @@ def make_app(
     instance_url = cfg.gitlab["url"] or None
     merge_requests = cfg.gitlab["merge_requests"]
     known = _Learned(store)
-    app = Bottle(catchall=True, autojson=False)
+    app = Bottle(catchall=True)
+    # every route builds its own answer: no JSON or template plugin wraps the callbacks
+    app.uninstall(True)
 
     @app.hook("before_request")
     def tag_request() -> None:
@@ -145,9 +147,14 @@ def make_app(
         return answer
 
     def read_body() -> bytes | HTTPResponse:
-        length = request.content_length
+        environ = request.environ
+        length = request.content_length  # -1 when not given
         if length > max_body:
             return _text(413, f"body larger than {max_body} bytes")
+        if length >= 0 and "HTTP_TRANSFER_ENCODING" not in environ:
+            # the length is known: read it straight from the server (uWSGI has it in memory)
+            # rather than through Bottle's copy into a buffer of its own
+            return environ["wsgi.input"].read(length)
         body = request.body.read(max_body + 1)
         if len(body) > max_body:
             return _text(413, f"body larger than {max_body} bytes")
