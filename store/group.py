@@ -44,27 +44,42 @@ Commit = Callable[[Callable[[], list[Pending]]], None]
 
 
 class GroupCommit:
-    """Run ``commit`` for batches of concurrent callers (see the module's docstring)."""
+    """Run ``commit`` for batches of concurrent callers (see the module's docstring).
+
+    A caller that finds a leader at work waits on a lock of its own, which the leader releases
+    when the caller's row is committed (or failed), or to hand it the lead of the next batch:
+    each waiting thread wakes once, when there is something for it, and not for every batch.
+    """
 
     def __init__(self, commit: Commit) -> None:
         self._commit = commit
-        self._cond = threading.Condition()
-        self._queue: list[Pending] = []
+        self._lock = threading.Lock()
+        self._queue: list[Pending] = []  # arrived since the current batch was taken
+        self._waiting: dict[int, threading.Lock] = {}  # id(item) -> the lock its caller waits on
         self._leader = False
 
     def submit(self, item: Pending) -> Pending:
         """Queue ``item`` and return it once committed (``result``) or failed (``error``)."""
-        with self._cond:
+        with self._lock:
             self._queue.append(item)
-            while item.result is None and item.error is None and self._leader:
-                self._cond.wait()
+            if self._leader:
+                wake = self._waiting[id(item)] = threading.Lock()
+                wake.acquire()
+            else:
+                self._leader = True
+                wake = None
+        if wake is not None:
+            wake.acquire()  # done, or the lead is handed over
             if item.result is not None or item.error is not None:
                 return item
-            self._leader = True
+        self._lead()
+        return item
+
+    def _lead(self) -> None:
         taken: list[Pending] = []
 
         def take() -> list[Pending]:
-            with self._cond:
+            with self._lock:
                 batch, self._queue = self._queue, []
             taken.extend(batch)
             return batch
@@ -80,7 +95,12 @@ class GroupCommit:
             for each in taken or take():
                 each.error = exc
         finally:
-            with self._cond:
-                self._leader = False
-                self._cond.notify_all()
-        return item
+            with self._lock:
+                done = [self._waiting.pop(id(each), None) for each in taken]
+                if self._queue:  # arrived during the commit: the first leads the next batch
+                    self._waiting.pop(id(self._queue[0])).release()
+                else:
+                    self._leader = False
+            for wake in done:
+                if wake is not None:
+                    wake.release()
