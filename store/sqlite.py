@@ -118,6 +118,8 @@ class SqliteStore(Store):
         self._lock_fd: int | None = None
         self._lock_pid: int | None = None
         self._thread_lock = threading.Lock()
+        self._writer_conn: sqlite3.Connection | None = None
+        self._writer_pid: int | None = None
         # group commit: deliveries waiting for the next writer
         self._group = GroupCommit(self._commit_batch)
 
@@ -169,28 +171,48 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read database {self.path}: {exc}") from exc
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
-            return conn
+    def _connect(self, cache_kib: int, *, any_thread: bool = False) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None
+                self.path,
+                timeout=self.busy_timeout_ms / 1000,
+                isolation_level=None,
+                check_same_thread=not any_thread,
             )
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             # give the disk back after each checkpoint instead of keeping a large WAL file
             conn.execute("PRAGMA journal_size_limit = 4194304")
-            # one connection per thread (8 per web process), each with a page cache of its
-            # own that fills as the file grows: 128 KiB each keeps a process's memory small and
-            # flat; the queries read a few pages by index, and the OS caches the file
-            conn.execute("PRAGMA cache_size = -128")
+            conn.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection for reads."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        # one per thread that reads (up to 8 per web process), each with a page cache of its
+        # own: 128 KiB each keeps a process's memory small and flat; the reads take a few
+        # pages by index, and the OS caches the file
+        conn = self._connect(128)
         self._local.conn = conn
         self._local.pid = os.getpid()
         return conn
+
+    def _writer(self) -> sqlite3.Connection:
+        """The process's connection for writes, used by one thread at a time (``_write``).
+
+        One for all the request threads, so that the pages a commit touches (the table's end,
+        its indexes) stay in one cache between the commits of this process, instead of being
+        read again into the cache of whichever thread leads the next group commit.
+        """
+        if self._writer_conn is None or self._writer_pid != os.getpid():
+            self._writer_conn = self._connect(2048, any_thread=True)
+            self._writer_pid = os.getpid()
+        return self._writer_conn
 
     def _file_lock(self) -> int:
         if self._lock_fd is None or self._lock_pid != os.getpid():
@@ -201,8 +223,8 @@ class SqliteStore(Store):
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction, serialised across threads and processes."""
-        conn = self._conn()
         with self._thread_lock:
+            conn = self._writer()
             fd = self._file_lock()
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
@@ -224,6 +246,10 @@ class SqliteStore(Store):
         if conn is not None:
             conn.close()
             self._local.conn = None
+        with self._thread_lock:
+            if self._writer_conn is not None and self._writer_pid == os.getpid():
+                self._writer_conn.close()
+            self._writer_conn = None
 
     # ------------------------------------------------------------------ the edge
 
