@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import urllib.parse
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 import gitlab_hook
 import observe
@@ -118,3 +122,58 @@ def test_bodies_that_do_not_decode_are_named(body, message):
         gitlab_hook.BadDelivery, match=message.replace("(", r"\(").replace(")", r"\)")
     ):
         gitlab_hook.decode_body(body)
+
+
+def _origin_by_urlsplit(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://gitlab.example.com/group/project/-/issues/5",
+        "http://GitLab.Example.com:8080/g/p/issues/1",
+        "https://[2001:db8::1]:8443/g/p/-/issues/2",
+        "https://h/",
+        "HTTPS://gitlab.example.com/g/p/issues/3",  # not a form GitLab writes: urlsplit's way
+        "https://user:pw@gitlab.example.com/g/p/issues/3",
+        "https://gitlab.example.com/g/p?x=/y#z",
+        "https://gitlab.example.com",
+        "ftp://gitlab.example.com/x",
+    ],
+)
+def test_instance_of_agrees_with_urlsplit(url):
+    assert gitlab_hook.instance_of(url) == _origin_by_urlsplit(url)
+
+
+@hypothesis.given(
+    st.from_regex(r"\Ahttps?://[A-Za-z0-9.-]{1,20}(:[0-9]{1,5})?/[!-~]{0,30}\Z")
+    | st.text(max_size=40).map(lambda tail: "https://" + tail)
+)
+def test_instance_of_agrees_with_urlsplit_on_any_url(url):
+    try:
+        expected = _origin_by_urlsplit(url)
+    except ValueError:  # urlsplit refuses it (a broken IPv6 host): so does instance_of
+        with pytest.raises(ValueError):
+            gitlab_hook.instance_of(url)
+        return
+    assert gitlab_hook.instance_of(url) == expected
+
+
+def test_request_ids_are_unique_and_fresh_in_each_process():
+    ids = {observe.new_request_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(observe._SAFE_ID.match(rid) and rid.startswith("r-") for rid in ids)
+    assert observe.new_request_id("nginx-abc.1") == "nginx-abc.1"  # a sane given id is kept
+    assert observe.new_request_id("bad id!").startswith("r-")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child draws a prefix of its own
+        os.write(write, observe.new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert child[:10] != next(iter(ids))[:10]
