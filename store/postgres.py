@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -55,15 +56,23 @@ log = logging.getLogger("gitlab2trello.store")
 
 CHANNEL = "gitlab2trello_queue"
 # one delivery, or a batch of them in one statement; both give the ids of the new rows only
-INSERT_ONE = (
-    "INSERT INTO deliveries (dedupe_key, issue_key, kind, updated_at, event, received_at)"
-    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key"
-)
-INSERT_MANY = (
-    "INSERT INTO deliveries (dedupe_key, issue_key, kind, updated_at, event, received_at)"
-    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[],"
-    " %s::float8[]) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key"
-)
+
+
+@functools.lru_cache(maxsize=64)
+def insert_rows_sql(count: int) -> str:
+    """One INSERT of ``count`` deliveries, ids back for the new ones.
+
+    A row of plain parameters each, not arrays through ``unnest``: psycopg writes an array's
+    text element by element in Python (quoting each JSON event), which cost more than the rest
+    of the request. One statement per batch size, each prepared by psycopg once used often.
+    """
+    rows = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * count)
+    return (
+        "INSERT INTO deliveries (dedupe_key, issue_key, kind, updated_at, event, received_at)"
+        f" VALUES {rows} ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key"
+    )
+
+
 # a pooled connection idle for longer than this is checked before use (seconds)
 CHECK_IDLE = 1.0
 # serialises schema upgrades of instances that start together
@@ -238,7 +247,8 @@ class _Notifier:
                     thread.daemon = True
                     thread.start()
                     self._pid = os.getpid()
-        self._news.set()
+        if not self._news.is_set():  # set and not yet taken: the NOTIFY to come covers it
+            self._news.set()
 
     def close(self) -> None:
         """End this process's thread and its connection (a later ``wanted`` starts anew)."""
@@ -555,10 +565,7 @@ class PostgresStore(Store):
         (a key stored by a transaction that then rolled back is in neither: the caller tries
         again).
         """
-        if len(rows) == 1:
-            sql, args = INSERT_ONE, list(rows[0])
-        else:
-            sql, args = INSERT_MANY, [list(column) for column in zip(*rows, strict=True)]
+        sql, args = insert_rows_sql(len(rows)), [value for row in rows for value in row]
         while True:
             began, used = time.monotonic(), None
             try:
